@@ -1,0 +1,108 @@
+//! Operations on the stack the services need: wait for Kafka and CQL, apply migrations, create topics.
+//! `infra/dev` calls it; ops can run it against a real cluster with the same `APP_…` settings.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use infra::Settings;
+
+#[derive(Parser)]
+#[command(about = "Stack administration: readiness, migrations, topics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Wait until a Kafka broker answers a metadata request.
+    WaitKafka {
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Wait until the CQL database answers a query.
+    WaitCql {
+        #[arg(long, default_value_t = 240)]
+        timeout_secs: u64,
+    },
+    /// Create the keyspace and apply schema migrations.
+    Migrate,
+    /// Create the event and dead-letter topics, growing partitions to the configured count.
+    Topics,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("settings: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    infra::telemetry::init(&infra::settings::Telemetry {
+        filter: "warn,stack_admin=info,infra=info".into(),
+        ..settings.telemetry.clone()
+    });
+    let result = match cli.command {
+        Command::WaitKafka { timeout_secs } => {
+            wait("Kafka", timeout_secs, || async {
+                infra::kafka::ping(&settings.kafka, Duration::from_secs(2))
+                    .await
+                    .map(|_| ())
+            })
+            .await
+        }
+        Command::WaitCql { timeout_secs } => {
+            wait("CQL", timeout_secs, || async {
+                let session = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    infra::cql::connect(&settings.cql),
+                )
+                .await??;
+                infra::cql::ping(&session).await
+            })
+            .await
+        }
+        Command::Migrate => {
+            async {
+                let session = infra::cql::connect(&settings.cql).await?;
+                let applied = infra::migrations::run(&session, &settings.cql).await?;
+                println!("migrations applied now: {applied:?}");
+                Ok(())
+            }
+            .await
+        }
+        Command::Topics => infra::kafka::ensure_topics(&settings.kafka).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait<F, Fut>(what: &str, timeout_secs: u64, probe: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let start = Instant::now();
+    let deadline = Duration::from_secs(timeout_secs);
+    loop {
+        match probe().await {
+            Ok(()) => {
+                println!("{what} answers ({:.1} s)", start.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Err(e) if start.elapsed() >= deadline => {
+                anyhow::bail!("{what} did not answer within {timeout_secs} s: {e:#}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}

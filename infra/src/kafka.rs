@@ -1,0 +1,173 @@
+//! Kafka clients with the project's guarantees: an idempotent producer that waits for every
+//! in-sync replica, consumers that never commit on their own, and idempotent topic administration.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+
+use crate::settings::Kafka;
+
+/// The base configuration every client shares (brokers, TLS/SASL extras).
+pub fn base_config(settings: &Kafka) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    for (key, value) in &settings.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Producer for events: acks from all in-sync replicas, idempotence on, bounded delivery time.
+pub fn producer(settings: &Kafka) -> anyhow::Result<FutureProducer> {
+    base_config(settings)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout_ms.to_string(),
+        )
+        .set("compression.type", "lz4")
+        .create()
+        .context("creating the Kafka producer")
+}
+
+/// Consumer configuration for one consumer group: offsets are stored by the application only after
+/// the downstream write succeeded, and never committed to Kafka automatically.
+pub fn consumer_config(settings: &Kafka, group_id: &str) -> ClientConfig {
+    let mut config = base_config(settings);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.queue.backoff.ms", "5")
+        .set("fetch.wait.max.ms", "50")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    config
+}
+
+pub fn admin(settings: &Kafka) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    base_config(settings)
+        .create()
+        .context("creating the Kafka admin client")
+}
+
+/// Number of partitions of `topic`, by a metadata request.
+pub async fn partition_count(
+    settings: &Kafka,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
+    let config = base_config(settings);
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create().context("creating a metadata client")?;
+        let metadata = client
+            .fetch_metadata(Some(&topic), timeout)
+            .with_context(|| format!("fetching metadata of {topic}"))?;
+        let Some(t) = metadata.topics().first() else {
+            bail!("topic {topic} not in metadata");
+        };
+        if let Some(err) = t.error() {
+            bail!("topic {topic}: {err:?}");
+        }
+        Ok(t.partitions().len() as i32)
+    })
+    .await
+    .context("metadata task")?
+}
+
+/// A metadata request answered by a broker: the cluster is reachable.
+pub async fn ping(settings: &Kafka, timeout: Duration) -> anyhow::Result<usize> {
+    let config = base_config(settings);
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create().context("creating a metadata client")?;
+        let metadata = client
+            .fetch_metadata(None, timeout)
+            .context("Kafka metadata request")?;
+        if metadata.brokers().is_empty() {
+            bail!("no brokers in metadata");
+        }
+        Ok(metadata.brokers().len())
+    })
+    .await
+    .context("metadata task")?
+}
+
+/// Create the event and dead-letter topics if missing, and grow the event topic's partitions up to
+/// the configured count (never shrinks: Kafka cannot).
+pub async fn ensure_topics(settings: &Kafka) -> anyhow::Result<()> {
+    let admin = admin(settings)?;
+    let retention = settings.retention_ms.to_string();
+    let min_isr = settings.min_insync_replicas.to_string();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for (name, partitions) in [
+        (&settings.topic, settings.partitions),
+        (&settings.dead_letter_topic, settings.partitions.min(3)),
+    ] {
+        let topic = NewTopic::new(
+            name,
+            partitions,
+            TopicReplication::Fixed(settings.replication_factor),
+        )
+        .set("retention.ms", &retention)
+        .set("min.insync.replicas", &min_isr)
+        .set("cleanup.policy", "delete");
+        let results = admin
+            .create_topics([&topic], &opts)
+            .await
+            .context("create_topics")?;
+        for result in results {
+            match result {
+                Ok(topic) => tracing::info!(%topic, partitions, "topic created"),
+                Err((topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::debug!(%topic, "topic exists")
+                }
+                Err((topic, code)) => bail!("creating topic {topic}: {code}"),
+            }
+        }
+    }
+    let current = partition_count(settings, &settings.topic, Duration::from_secs(10)).await?;
+    if current < settings.partitions {
+        let grow = NewPartitions::new(&settings.topic, settings.partitions as usize);
+        for result in admin
+            .create_partitions([&grow], &opts)
+            .await
+            .context("create_partitions")?
+        {
+            if let Err((topic, code)) = result {
+                bail!("growing {topic}: {code}");
+            }
+        }
+        tracing::info!(topic = %settings.topic, from = current, to = settings.partitions, "partitions added");
+    }
+    Ok(())
+}
+
+/// Header values as a map, for decoding and tests.
+pub fn header_map(headers: Option<&rdkafka::message::BorrowedHeaders>) -> HashMap<String, String> {
+    use rdkafka::message::Headers;
+    let mut map = HashMap::new();
+    if let Some(headers) = headers {
+        for header in headers.iter() {
+            if let Some(value) = header.value {
+                map.insert(
+                    header.key.to_string(),
+                    String::from_utf8_lossy(value).into_owned(),
+                );
+            }
+        }
+    }
+    map
+}

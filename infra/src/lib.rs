@@ -1,0 +1,16 @@
+//! What every service shares to reach the outside world.
+//!
+//! Settings are read once into [`settings::Settings`]; [`telemetry`] installs the tracing subscriber;
+//! [`kafka`] builds producers, consumers and the admin client with the project's delivery guarantees;
+//! [`cql`] opens the CQL session and applies the versioned [`migrations`]; [`http`] holds the
+//! problem+json error, the JSON extractor, health, readiness and metrics routes that both APIs and
+//! the projector serve.
+
+pub mod cql;
+pub mod http;
+pub mod kafka;
+pub mod migrations;
+pub mod settings;
+pub mod telemetry;
+
+pub use settings::Settings;

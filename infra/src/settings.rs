@@ -1,0 +1,263 @@
+//! Typed settings: built-in defaults that fit the local stack, then an optional TOML file
+//! (`APP_CONFIG_FILE`), then `APP_<SECTION>__<KEY>` environment variables.
+//!
+//! `APP_KAFKA__BROKERS=10.0.0.5:9092,10.0.0.6:9092` sets `kafka.brokers`, for instance.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Settings {
+    /// The tenant every key carries until authentication exists.
+    pub tenant: String,
+    pub telemetry: Telemetry,
+    pub kafka: Kafka,
+    pub cql: Cql,
+    pub command_api: CommandApi,
+    pub query_api: QueryApi,
+    pub projector: Projector,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Telemetry {
+    /// `pretty` for people, `json` for log shippers.
+    pub format: String,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Kafka {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub min_insync_replicas: i32,
+    /// -1 keeps events forever: the topic is the system of record for replays.
+    pub retention_ms: i64,
+    /// How long a produce may wait for acknowledgement before it fails (bounds 503 latency).
+    pub message_timeout_ms: u64,
+    pub linger_ms: u64,
+    /// Extra librdkafka properties for every client (TLS, SASL, …), e.g. in the TOML file:
+    /// `[kafka.properties] "security.protocol" = "SSL"`.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Cql {
+    /// Comma-separated `host:port` list of contact points.
+    pub nodes: String,
+    pub keyspace: String,
+    /// The replication map of `CREATE KEYSPACE`, as CQL.
+    pub replication: String,
+    /// Consistency of reads and writes (`LOCAL_QUORUM`, `QUORUM`, `ONE`, …).
+    pub consistency: String,
+    /// Consistency of LWT conditions (`LOCAL_SERIAL` or `SERIAL`).
+    pub serial_consistency: String,
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CommandApi {
+    pub addr: String,
+    pub body_limit_bytes: usize,
+    /// Attempts of the write path when a concurrent writer wins the LWT.
+    pub max_lwt_attempts: u32,
+    /// Entries of the in-process aggregate head cache.
+    pub cache_capacity: usize,
+    /// Idempotency keys remembered per aggregate.
+    pub idempotency_keys_per_aggregate: usize,
+    pub sweeper_interval_ms: u64,
+    /// Intents younger than this are left to their writer.
+    pub sweeper_grace_ms: u64,
+    /// How far back the sweeper looks for unpublished batches.
+    pub sweeper_lookback_minutes: u32,
+    /// Test-only fault injection: `none`, `abort_after_lwt` (the command fails after its LWT and
+    /// before its produce) or `exit_after_lwt` (the process exits there). Never set in production.
+    pub fault: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QueryApi {
+    pub addr: String,
+    pub cache_capacity: usize,
+    pub cache_ttl_ms: u64,
+    pub min_version_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Projector {
+    /// Health, readiness and metrics.
+    pub addr: String,
+    /// Projections this instance runs; empty means all.
+    pub projections: Vec<String>,
+    pub batch_size: usize,
+    pub max_apply_attempts: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            tenant: events::DEFAULT_TENANT.to_string(),
+            telemetry: Telemetry::default(),
+            kafka: Kafka::default(),
+            cql: Cql::default(),
+            command_api: CommandApi::default(),
+            query_api: QueryApi::default(),
+            projector: Projector::default(),
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            format: "pretty".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "orders.events".into(),
+            dead_letter_topic: "orders.events.dlq".into(),
+            partitions: 6,
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            retention_ms: -1,
+            message_timeout_ms: 5_000,
+            linger_ms: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Cql {
+    fn default() -> Self {
+        Self {
+            nodes: "127.0.0.1:9042".into(),
+            keyspace: "orders".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            consistency: "LOCAL_QUORUM".into(),
+            serial_consistency: "LOCAL_SERIAL".into(),
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl Default for CommandApi {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            body_limit_bytes: 64 * 1024,
+            max_lwt_attempts: 8,
+            cache_capacity: 100_000,
+            idempotency_keys_per_aggregate: 32,
+            sweeper_interval_ms: 2_000,
+            sweeper_grace_ms: 3_000,
+            sweeper_lookback_minutes: 60,
+            fault: "none".into(),
+        }
+    }
+}
+
+impl Default for QueryApi {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8081".into(),
+            cache_capacity: 100_000,
+            cache_ttl_ms: 1_000,
+            min_version_wait_ms: 5_000,
+        }
+    }
+}
+
+impl Default for Projector {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8082".into(),
+            projections: Vec::new(),
+            batch_size: 500,
+            max_apply_attempts: 3,
+        }
+    }
+}
+
+impl Kafka {
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms)
+    }
+}
+
+impl Cql {
+    pub fn node_list(&self) -> Vec<String> {
+        split_list(&self.nodes)
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl Settings {
+    /// Defaults, then the file named by `APP_CONFIG_FILE` (if any), then `APP_…` variables.
+    pub fn load() -> Result<Self, config::ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        if let Ok(path) = std::env::var("APP_CONFIG_FILE") {
+            builder = builder.add_source(config::File::with_name(&path));
+        }
+        builder
+            .add_source(
+                config::Environment::with_prefix("APP")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("projector.projections")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_without_a_file_or_variables() {
+        let s = Settings::load().unwrap();
+        assert_eq!(s.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(s.tenant, "default");
+    }
+
+    #[test]
+    fn lists_are_split_and_trimmed() {
+        assert_eq!(split_list(" a:1, b:2 ,,"), vec!["a:1", "b:2"]);
+    }
+}
