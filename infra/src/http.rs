@@ -287,8 +287,11 @@ pub type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 #[derive(Clone)]
 pub struct Readiness {
     checks: Arc<Vec<(&'static str, Check)>>,
-    last: Arc<Mutex<Option<(Instant, Result<(), String>)>>>,
+    last: Arc<Mutex<Option<CheckedAt>>>,
 }
+
+/// When the checks last ran, and what they said.
+type CheckedAt = (Instant, Result<(), String>);
 
 impl Readiness {
     pub fn new(checks: Vec<(&'static str, Check)>) -> Self {

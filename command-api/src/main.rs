@@ -1,0 +1,8 @@
+//! command-api: see the library.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = infra::Settings::load()?;
+    infra::telemetry::init(&settings.telemetry);
+    command_api::run(settings).await
+}

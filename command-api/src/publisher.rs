@@ -1,0 +1,177 @@
+//! Publication of event batches to Kafka: to the aggregate's own partition, in sequence order,
+//! every record acknowledged by all in-sync replicas (the producer is idempotent).
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use events::{headers, EventEnvelope};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+/// Why a batch could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("Kafka did not acknowledge the batch: {0}")]
+    Kafka(String),
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    probe: Arc<BaseConsumer>,
+    topic: String,
+    partitions: AtomicI32,
+    /// Set when a produce failed; cleared by the next success. While set, commands check that a
+    /// broker answers before they write anything, so a Kafka outage refuses commands up front.
+    degraded: AtomicBool,
+}
+
+impl Publisher {
+    pub async fn new(settings: &infra::settings::Kafka) -> anyhow::Result<Self> {
+        let producer = infra::kafka::producer(settings)?;
+        let probe: BaseConsumer = infra::kafka::base_config(settings).create()?;
+        let partitions =
+            infra::kafka::partition_count(settings, &settings.topic, Duration::from_secs(10))
+                .await?;
+        Ok(Self {
+            producer,
+            probe: Arc::new(probe),
+            topic: settings.topic.clone(),
+            partitions: AtomicI32::new(partitions),
+            degraded: AtomicBool::new(false),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition a new aggregate is pinned to, for life: adding partitions later never moves
+    /// an existing aggregate, so its events stay in order.
+    pub fn partition_for(&self, aggregate_id: uuid::Uuid) -> i32 {
+        let n = self.partitions.load(Ordering::Relaxed).max(1) as u64;
+        // The low 64 bits of v4 and v7 UUIDs are random.
+        ((aggregate_id.as_u128() as u64) % n) as i32
+    }
+
+    /// Re-read the partition count (ops may add partitions at any time).
+    pub async fn refresh_partitions(&self, settings: &infra::settings::Kafka) {
+        match infra::kafka::partition_count(settings, &self.topic, Duration::from_secs(5)).await {
+            Ok(n) => {
+                let before = self.partitions.swap(n, Ordering::Relaxed);
+                if before != n {
+                    tracing::info!(topic = %self.topic, before, after = n, "partition count changed");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "partition refresh failed"),
+        }
+    }
+
+    /// Before writing a command while Kafka is known to be failing: does a broker answer now?
+    pub async fn check_available(&self) -> Result<(), PublishError> {
+        if !self.degraded.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let probe = self.probe.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            probe
+                .fetch_metadata(None, Duration::from_millis(1500))
+                .is_ok_and(|m| !m.brokers().is_empty())
+        })
+        .await
+        .unwrap_or(false);
+        if answered {
+            Ok(())
+        } else {
+            Err(PublishError::Kafka("no broker answers".into()))
+        }
+    }
+
+    /// Produce the batch to `partition` and wait for every acknowledgement.
+    #[tracing::instrument(skip_all, fields(partition, events = batch.len()))]
+    pub async fn publish(
+        &self,
+        partition: i32,
+        batch: &[EventEnvelope],
+    ) -> Result<(), PublishError> {
+        let start = Instant::now();
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for envelope in batch {
+            let payload = envelope.to_json();
+            let key = envelope.key();
+            let record = FutureRecord::to(&self.topic)
+                .partition(partition)
+                .key(&key)
+                .payload(&payload)
+                .headers(record_headers(envelope));
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((e, _)) => return Err(self.failed(e.to_string())),
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(self.failed(e.to_string())),
+                Err(_) => return Err(self.failed("producer dropped the delivery".into())),
+            }
+        }
+        self.degraded.store(false, Ordering::Relaxed);
+        metrics::histogram!("kafka_produce_seconds").record(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn failed(&self, reason: String) -> PublishError {
+        self.degraded.store(true, Ordering::Relaxed);
+        metrics::counter!("kafka_produce_failures_total").increment(1);
+        tracing::warn!(error = %reason, "publication failed");
+        PublishError::Kafka(reason)
+    }
+
+    /// Wait for everything queued to be delivered (graceful shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush incomplete");
+        }
+    }
+}
+
+/// Type, version and metadata repeated as headers for tools that do not parse the JSON.
+pub fn record_headers(e: &EventEnvelope) -> OwnedHeaders {
+    let sequence = e.sequence.to_string();
+    let version = e.schema_version.to_string();
+    let event_id = e.event_id.to_string();
+    let command_id = e.metadata.command_id.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(12);
+    for (key, value) in [
+        (headers::EVENT_ID, event_id.as_str()),
+        (headers::EVENT_TYPE, e.event_type.as_str()),
+        (headers::SCHEMA_VERSION, version.as_str()),
+        (headers::AGGREGATE_TYPE, e.aggregate_type.as_str()),
+        (headers::TENANT_ID, e.tenant_id.as_str()),
+        (headers::SEQUENCE, sequence.as_str()),
+        (headers::COMMAND_ID, command_id.as_str()),
+        (headers::CORRELATION_ID, e.metadata.correlation_id.as_str()),
+        (headers::CAUSATION_ID, e.metadata.causation_id.as_str()),
+        (headers::CONTENT_TYPE, "application/json"),
+    ] {
+        h = h.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    if let Some(tp) = &e.metadata.traceparent {
+        h = h.insert(Header {
+            key: headers::TRACEPARENT,
+            value: Some(tp.as_str()),
+        });
+    }
+    if let Some(ts) = &e.metadata.tracestate {
+        h = h.insert(Header {
+            key: headers::TRACESTATE,
+            value: Some(ts.as_str()),
+        });
+    }
+    h
+}

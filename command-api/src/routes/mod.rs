@@ -1,0 +1,3 @@
+//! HTTP routes, one file per resource, merged into one router.
+
+pub mod orders;

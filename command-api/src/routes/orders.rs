@@ -1,0 +1,484 @@
+//! `/v1/orders` and its sub-resources: each handler validates the request field by field (422
+//! with field errors), builds a domain command and runs it through the write path.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Extension, Json, Router};
+use events::{EventMetadata, LineItem};
+use infra::http::{ApiJson, CorrelationId, FieldError, Problem};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::domain::order::{OrderCommand, MAX_LINES, MAX_LINE_QUANTITY};
+use crate::repository::{CommandContext, CommandOutcome, OrderRepository};
+
+pub fn router() -> Router<Arc<OrderRepository>> {
+    Router::new()
+        .route("/v1/orders", post(place_order))
+        .route("/v1/orders/{id}/items", post(add_item))
+        .route("/v1/orders/{id}/items/{sku}", delete(remove_item))
+        .route("/v1/orders/{id}/payments", post(record_payment))
+        .route("/v1/orders/{id}/shipments", post(ship_order))
+        .route("/v1/orders/{id}/cancellation", post(cancel_order))
+}
+
+/// A line of an order.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Line {
+    /// 1–64 characters of `[A-Za-z0-9._-]`.
+    pub sku: String,
+    /// 1–1000.
+    pub quantity: i64,
+    /// 0–1 000 000 000.
+    pub unit_price_cents: i64,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct PlaceOrder {
+    /// Chosen by the client for idempotent creation; made by the server when absent.
+    pub order_id: Option<Uuid>,
+    pub customer_id: Uuid,
+    /// Three upper-case letters (ISO 4217).
+    pub currency: String,
+    /// 0–100 lines, each SKU once.
+    pub items: Vec<Line>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RecordPayment {
+    /// Must equal the order total.
+    pub amount_cents: i64,
+    pub payment_ref: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ShipOrder {
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CancelOrder {
+    pub reason: String,
+}
+
+/// Collects field errors; a request with any is refused with 422.
+#[derive(Default)]
+struct Checks(Vec<FieldError>);
+
+impl Checks {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn text(&mut self, field: &str, value: &str, max: usize) {
+        if value.trim().is_empty() {
+            self.fail(field, "must not be empty");
+        } else if value.chars().count() > max {
+            self.fail(field, format!("must be at most {max} characters"));
+        }
+    }
+
+    fn sku(&mut self, field: &str, sku: &str) {
+        let ok_chars = sku
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if sku.is_empty() || sku.len() > 64 || !ok_chars {
+            self.fail(field, "must be 1–64 characters of [A-Za-z0-9._-]");
+        }
+    }
+
+    fn line(&mut self, prefix: &str, line: &Line) -> Option<LineItem> {
+        let before = self.0.len();
+        self.sku(&format!("{prefix}sku"), &line.sku);
+        if !(1..=i64::from(MAX_LINE_QUANTITY)).contains(&line.quantity) {
+            self.fail(
+                format!("{prefix}quantity"),
+                format!("must be between 1 and {MAX_LINE_QUANTITY}"),
+            );
+        }
+        if !(0..=1_000_000_000).contains(&line.unit_price_cents) {
+            self.fail(
+                format!("{prefix}unit_price_cents"),
+                "must be between 0 and 1000000000",
+            );
+        }
+        (self.0.len() == before).then(|| LineItem {
+            sku: line.sku.clone(),
+            quantity: line.quantity as u32,
+            unit_price_cents: line.unit_price_cents,
+        })
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Problem> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(Problem::invalid_fields(self.0))
+        }
+    }
+}
+
+/// The `{id}` of the path, parsed before the body so a bad id is a 400 whatever the body says.
+pub struct OrderId(pub Uuid);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for OrderId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::bad_request(e.body_text()))?;
+        let raw = params
+            .iter()
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        parse_id(raw).map(OrderId)
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(raw).map_err(|_| Problem {
+        errors: vec![FieldError {
+            field: "id".into(),
+            message: "must be a UUID".into(),
+        }],
+        ..Problem::bad_request(format!("{raw:?} is not a UUID"))
+    })
+}
+
+/// What every command takes from its headers.
+fn context(
+    order_id: Uuid,
+    command: OrderCommand,
+    headers: &HeaderMap,
+    correlation: &CorrelationId,
+) -> Result<CommandContext, Problem> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if key.is_empty() || key.len() > 200 {
+                return Err(Problem::bad_request(
+                    "Idempotency-Key must be 1–200 characters",
+                ));
+            }
+            Some(key.to_string())
+        }
+    };
+    let if_match = match headers.get(header::IF_MATCH) {
+        None => None,
+        Some(v) => Some(parse_if_match(v.to_str().unwrap_or("")).ok_or_else(|| {
+            Problem::bad_request("If-Match must be a quoted version, like \"3\"")
+        })?),
+    };
+    let command_id = Uuid::now_v7();
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_traceparent(v))
+        .map(String::from)
+        .unwrap_or_else(new_traceparent);
+    let tracestate = headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    Ok(CommandContext {
+        order_id,
+        command,
+        idempotency_key,
+        if_match,
+        metadata: EventMetadata {
+            command_id,
+            correlation_id: correlation.0.clone(),
+            causation_id: command_id.to_string(),
+            traceparent: Some(traceparent),
+            tracestate,
+        },
+    })
+}
+
+fn parse_if_match(raw: &str) -> Option<i64> {
+    let raw = raw.trim();
+    let raw = raw.strip_prefix("W/").unwrap_or(raw);
+    let inner = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(raw);
+    inner.parse::<i64>().ok().filter(|v| *v >= 0)
+}
+
+fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 4
+        && parts[0].len() == 2
+        && parts[1].len() == 32
+        && parts[2].len() == 16
+        && parts[3].len() == 2
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A W3C trace context for a request that came without one.
+fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let span = &Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+async fn run(repo: &OrderRepository, ctx: CommandContext) -> Response {
+    let command = ctx.command.name();
+    match repo.execute(ctx).await {
+        Ok(outcome) => {
+            metrics::counter!("commands_total", "command" => command, "outcome" => "accepted")
+                .increment(1);
+            success(outcome)
+        }
+        Err(e) => {
+            let problem = crate::error::problem(e);
+            let outcome = match problem.status {
+                409 => "conflict",
+                412 => "precondition_failed",
+                404 => "not_found",
+                422 => "refused",
+                503 => "unavailable",
+                _ => "error",
+            };
+            metrics::counter!("commands_total", "command" => command, "outcome" => outcome)
+                .increment(1);
+            problem.into_response()
+        }
+    }
+}
+
+fn success(outcome: CommandOutcome) -> Response {
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
+    let etag = format!("\"{}\"", outcome.body.version);
+    let location = format!("/v1/orders/{}", outcome.body.order_id);
+    let mut response = (status, Json(outcome.body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+    response
+}
+
+/// Place an order.
+#[utoipa::path(post, path = "/v1/orders", tag = "commands", request_body = PlaceOrder,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer, nothing written twice"),
+    ),
+    responses(
+        (status = 201, description = "Order placed", body = crate::repository::CommandResponse,
+         headers(("Location" = String), ("ETag" = String))),
+        (status = 400, description = "Malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order id is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields or refused", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or CQL unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn place_order(
+    State(repo): State<Arc<OrderRepository>>,
+    Extension(correlation): Extension<CorrelationId>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PlaceOrder>,
+) -> Result<Response, Problem> {
+    let mut checks = Checks::default();
+    let currency_ok =
+        body.currency.len() == 3 && body.currency.chars().all(|c| c.is_ascii_uppercase());
+    if !currency_ok {
+        checks.fail("currency", "must be 3 upper-case letters");
+    }
+    if body.items.len() > MAX_LINES {
+        checks.fail("items", format!("at most {MAX_LINES} lines"));
+    }
+    let items: Vec<LineItem> = body
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, line)| checks.line(&format!("items[{i}]."), line))
+        .collect();
+    let command = checks.finish(OrderCommand::PlaceOrder {
+        order_id: body.order_id.unwrap_or_else(Uuid::now_v7),
+        customer_id: body.customer_id,
+        currency: body.currency,
+        items,
+    })?;
+    let OrderCommand::PlaceOrder { order_id, .. } = &command else {
+        return Err(Problem::internal(&"unexpected command"));
+    };
+    let ctx = context(*order_id, command, &headers, &correlation)?;
+    Ok(run(&repo, ctx).await)
+}
+
+/// Add a line (or more units of a SKU already on the order).
+#[utoipa::path(post, path = "/v1/orders/{id}/items", tag = "commands", request_body = Line,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = crate::repository::CommandResponse),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 412, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn add_item(
+    State(repo): State<Arc<OrderRepository>>,
+    Extension(correlation): Extension<CorrelationId>,
+    OrderId(id): OrderId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Line>,
+) -> Result<Response, Problem> {
+    let mut checks = Checks::default();
+    let line = checks.line("", &body);
+    let command = checks.finish(line.map(OrderCommand::AddItem))?;
+    let Some(command) = command else {
+        return Err(Problem::internal(&"validated line missing"));
+    };
+    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+}
+
+/// Remove a SKU from the order.
+#[utoipa::path(delete, path = "/v1/orders/{id}/items/{sku}", tag = "commands",
+    params(("id" = Uuid, Path), ("sku" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = crate::repository::CommandResponse),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn remove_item(
+    State(repo): State<Arc<OrderRepository>>,
+    Extension(correlation): Extension<CorrelationId>,
+    OrderId(id): OrderId,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let sku = path.1;
+    let mut checks = Checks::default();
+    checks.sku("sku", &sku);
+    let command = checks.finish(OrderCommand::RemoveItem { sku })?;
+    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+}
+
+/// Record the payment of the order's total.
+#[utoipa::path(post, path = "/v1/orders/{id}/payments", tag = "commands", request_body = RecordPayment,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = crate::repository::CommandResponse),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn record_payment(
+    State(repo): State<Arc<OrderRepository>>,
+    Extension(correlation): Extension<CorrelationId>,
+    OrderId(id): OrderId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RecordPayment>,
+) -> Result<Response, Problem> {
+    let mut checks = Checks::default();
+    if body.amount_cents < 0 {
+        checks.fail("amount_cents", "must not be negative");
+    }
+    checks.text("payment_ref", &body.payment_ref, 200);
+    let command = checks.finish(OrderCommand::RecordPayment {
+        amount_cents: body.amount_cents,
+        payment_ref: body.payment_ref,
+    })?;
+    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+}
+
+/// Ship a paid order.
+#[utoipa::path(post, path = "/v1/orders/{id}/shipments", tag = "commands", request_body = ShipOrder,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = crate::repository::CommandResponse),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn ship_order(
+    State(repo): State<Arc<OrderRepository>>,
+    Extension(correlation): Extension<CorrelationId>,
+    OrderId(id): OrderId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ShipOrder>,
+) -> Result<Response, Problem> {
+    let mut checks = Checks::default();
+    checks.text("carrier", &body.carrier, 100);
+    checks.text("tracking_number", &body.tracking_number, 100);
+    let command = checks.finish(OrderCommand::ShipOrder {
+        carrier: body.carrier,
+        tracking_number: body.tracking_number,
+    })?;
+    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+}
+
+/// Cancel an open or paid order.
+#[utoipa::path(post, path = "/v1/orders/{id}/cancellation", tag = "commands", request_body = CancelOrder,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = crate::repository::CommandResponse),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn cancel_order(
+    State(repo): State<Arc<OrderRepository>>,
+    Extension(correlation): Extension<CorrelationId>,
+    OrderId(id): OrderId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CancelOrder>,
+) -> Result<Response, Problem> {
+    let mut checks = Checks::default();
+    checks.text("reason", &body.reason, 500);
+    let command = checks.finish(OrderCommand::CancelOrder {
+        reason: body.reason,
+    })?;
+    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_accepts_quoted_weak_and_bare_versions() {
+        assert_eq!(parse_if_match("\"3\""), Some(3));
+        assert_eq!(parse_if_match("W/\"4\""), Some(4));
+        assert_eq!(parse_if_match("5"), Some(5));
+        assert_eq!(parse_if_match("\"x\""), None);
+        assert_eq!(parse_if_match("\"-1\""), None);
+    }
+
+    #[test]
+    fn a_line_out_of_range_lists_every_bad_field() {
+        let mut checks = Checks::default();
+        let line = Line {
+            sku: "bad sku!".into(),
+            quantity: 0,
+            unit_price_cents: -1,
+        };
+        assert!(checks.line("items[0].", &line).is_none());
+        let fields: Vec<_> = checks.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "items[0].sku",
+                "items[0].quantity",
+                "items[0].unit_price_cents"
+            ]
+        );
+    }
+
+    #[test]
+    fn generated_trace_contexts_are_valid() {
+        assert!(valid_traceparent(&new_traceparent()));
+        assert!(!valid_traceparent("00-xyz-abc-01"));
+    }
+}
