@@ -1,0 +1,7 @@
+//! Tests that stop parts of the shared stack. They run one at a time (a process-wide lock) and
+//! restart what they stopped, so the stack is whole again afterwards.
+
+mod outages;
+
+/// Serializes the tests of this binary: each one takes a part of the stack away.
+pub static STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

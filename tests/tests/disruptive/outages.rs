@@ -1,0 +1,148 @@
+//! Kafka and the CQL database going away: readiness says so, commands answer 503 with
+//! `Retry-After` quickly, and once the part is back nothing acknowledged is missing.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tests::{dev, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi};
+
+/// Restarts the part when dropped, so a failing assertion does not leave the stack broken.
+struct Restart(&'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        let _ = dev(&["start", self.0]);
+    }
+}
+
+#[tokio::test]
+async fn with_kafka_stopped_commands_answer_503_and_nothing_acknowledged_is_lost() {
+    let _stack = crate::STACK.lock().await;
+    let settings = settings_with_fresh_topic("kafka-outage").await.unwrap();
+    let api = CommandApi::spawn(settings.clone()).await.unwrap();
+    let order = api.place_order().await.unwrap();
+    let mut acknowledged = vec![1u64];
+
+    dev(&["stop", "kafka"]).unwrap();
+    let restart = Restart("kafka");
+
+    let ready = eventually(Duration::from_secs(15), "readiness failing", || async {
+        let r = api.http.get(api.url("/readyz")).send().await?;
+        Ok((r.status() == 503).then_some(()))
+    })
+    .await;
+    assert!(ready.is_ok(), "{ready:?}");
+
+    for i in 0..3 {
+        let start = Instant::now();
+        let reply = api
+            .post(
+                &format!("/v1/orders/{order}/items"),
+                json!({"sku": format!("DOWN-{i}"), "quantity": 1, "unit_price_cents": 5}),
+                &[],
+            )
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(reply.header("retry-after").is_some());
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert!(took < Duration::from_secs(8), "503 took {took:?}");
+    }
+
+    drop(restart);
+    api.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let reply = eventually(
+        Duration::from_secs(60),
+        "a command succeeding again",
+        || async {
+            let r = api
+                .post(
+                    &format!("/v1/orders/{order}/items"),
+                    json!({"sku": "BACK", "quantity": 1, "unit_price_cents": 5}),
+                    &[],
+                )
+                .await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
+    .await
+    .unwrap();
+    let version = reply.body["version"].as_u64().unwrap();
+    acknowledged.extend(2..=version);
+
+    // Every acknowledged sequence (and any the outage committed before refusing) is in the topic,
+    // once each after de-duplication, in order.
+    let sweeper_done = eventually(
+        Duration::from_secs(30),
+        "all sequences in the topic",
+        || async {
+            let records = read_topic(&settings, &settings.kafka.topic).await?;
+            let sequences = sequences_of(&records, order)?;
+            let contiguous: Vec<u64> = (1..=version).collect();
+            Ok((sequences == contiguous).then_some(()))
+        },
+    )
+    .await;
+    assert!(sweeper_done.is_ok(), "{sweeper_done:?}");
+    assert_eq!(acknowledged, (1..=version).collect::<Vec<_>>());
+    api.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_cql_stopped_readiness_fails_and_commands_answer_503() {
+    let _stack = crate::STACK.lock().await;
+    let settings = settings_with_fresh_topic("cql-outage").await.unwrap();
+    let api = CommandApi::spawn(settings.clone()).await.unwrap();
+    let order = api.place_order().await.unwrap();
+
+    dev(&["stop", "cassandra"]).unwrap();
+    let restart = Restart("cassandra");
+
+    let ready = eventually(Duration::from_secs(15), "readiness failing", || async {
+        let r = api.http.get(api.url("/readyz")).send().await?;
+        Ok((r.status() == 503).then_some(()))
+    })
+    .await;
+    assert!(ready.is_ok(), "{ready:?}");
+    let start = Instant::now();
+    let reply = api
+        .post(
+            &format!("/v1/orders/{order}/cancellation"),
+            json!({"reason": "db down"}),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.header("retry-after").is_some());
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    drop(restart);
+    api.wait_ready(Duration::from_secs(120)).await.unwrap();
+    let reply = eventually(
+        Duration::from_secs(60),
+        "a command succeeding again",
+        || async {
+            let r = api
+                .post(
+                    &format!("/v1/orders/{order}/cancellation"),
+                    json!({"reason": "db back"}),
+                    &[],
+                )
+                .await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.body["version"], 2);
+    api.stop().await.unwrap();
+}

@@ -1,0 +1,199 @@
+//! The write path against the real stack: concurrency, idempotency, the crash window.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::json;
+use tests::{eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi};
+
+#[tokio::test]
+async fn fifty_concurrent_commands_on_one_order_get_distinct_contiguous_versions() {
+    let settings = settings_with_fresh_topic("concurrent").await.unwrap();
+    // Two instances: commands on the same order race each other's LWT for real.
+    let a = CommandApi::spawn(settings.clone()).await.unwrap();
+    let b = CommandApi::spawn(settings.clone()).await.unwrap();
+    let order = a.place_order().await.unwrap();
+
+    let path = format!("/v1/orders/{order}/items");
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let api = if i % 2 == 0 { &a } else { &b };
+        calls.push(api.post(
+            &path,
+            json!({"sku": format!("SKU-{i}"), "quantity": 1, "unit_price_cents": 10}),
+            &[],
+        ));
+    }
+    let replies = futures::future::join_all(calls).await;
+    let mut versions = BTreeSet::new();
+    let mut accepted = 0;
+    for reply in replies {
+        let reply = reply.unwrap();
+        match reply.status {
+            200 => {
+                accepted += 1;
+                let v = reply.body["version"].as_i64().unwrap();
+                assert!(versions.insert(v), "version {v} answered twice");
+            }
+            409 => assert_eq!(
+                reply.header("content-type"),
+                Some("application/problem+json")
+            ),
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    assert!(accepted > 0);
+    let expected: BTreeSet<i64> = (2..2 + accepted).collect();
+    assert_eq!(versions, expected, "versions are not contiguous from 2");
+
+    let records = read_topic(&settings, &settings.kafka.topic).await.unwrap();
+    let sequences = sequences_of(&records, order).unwrap();
+    let all: Vec<u64> = (1..=1 + accepted as u64).collect();
+    assert_eq!(
+        sequences, all,
+        "the topic must hold every sequence once, in order"
+    );
+    let partitions: BTreeSet<i32> = records.iter().map(|r| r.partition).collect();
+    assert_eq!(
+        partitions.len(),
+        1,
+        "one order's events stay on one partition"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_gives_the_same_answer_and_one_set_of_events() {
+    let settings = settings_with_fresh_topic("idempotency").await.unwrap();
+    let api = CommandApi::spawn(settings.clone()).await.unwrap();
+    let order = uuid::Uuid::now_v7();
+    let body = json!({"order_id": order, "customer_id": uuid::Uuid::now_v7(), "currency": "USD",
+                      "items": [{"sku": "A", "quantity": 2, "unit_price_cents": 500}]});
+    let key = [("Idempotency-Key", "place-once")];
+    let first = api.post("/v1/orders", body.clone(), &key).await.unwrap();
+    let again = api.post("/v1/orders", body.clone(), &key).await.unwrap();
+    assert_eq!(first.status, 201);
+    assert_eq!(again.status, first.status);
+    assert_eq!(again.body, first.body);
+    // Without the key, reusing the order id is a conflict.
+    let reused = api.post("/v1/orders", body, &[]).await.unwrap();
+    assert_eq!(reused.status, 409);
+
+    let pay = json!({"amount_cents": 1000, "payment_ref": "p-1"});
+    let key = [("Idempotency-Key", "pay-once")];
+    let paid = api
+        .post(&format!("/v1/orders/{order}/payments"), pay.clone(), &key)
+        .await
+        .unwrap();
+    // A fresh instance (empty cache) answers the same from the row.
+    let other = CommandApi::spawn(settings.clone()).await.unwrap();
+    let paid_again = other
+        .post(&format!("/v1/orders/{order}/payments"), pay, &key)
+        .await
+        .unwrap();
+    assert_eq!(paid.status, 200);
+    assert_eq!(
+        (paid_again.status, &paid_again.body),
+        (paid.status, &paid.body)
+    );
+
+    let records = read_topic(&settings, &settings.kafka.topic).await.unwrap();
+    let types: Vec<String> = records
+        .iter()
+        .map(|r| r.envelope().unwrap().event_type)
+        .collect();
+    assert_eq!(types, vec!["OrderPlaced", "PaymentRecorded"]);
+    api.stop().await.unwrap();
+    other.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_command_aborted_after_its_lwt_is_published_by_the_sweeper() {
+    let settings = settings_with_fresh_topic("abort").await.unwrap();
+    let healthy = CommandApi::spawn(settings.clone()).await.unwrap();
+    let order = healthy.place_order().await.unwrap();
+    healthy.stop().await.unwrap();
+
+    let mut faulty_settings = settings.clone();
+    faulty_settings.command_api.fault = "abort_after_lwt".into();
+    // No sweeper of its own in the way: a long interval.
+    faulty_settings.command_api.sweeper_interval_ms = 3_600_000;
+    let faulty = CommandApi::spawn(faulty_settings).await.unwrap();
+    let reply = faulty
+        .post(
+            &format!("/v1/orders/{order}/items"),
+            json!({"sku": "LOST", "quantity": 1, "unit_price_cents": 1}),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 500);
+    faulty.stop().await.unwrap();
+    let before = read_topic(&settings, &settings.kafka.topic).await.unwrap();
+    assert_eq!(
+        sequences_of(&before, order).unwrap(),
+        vec![1],
+        "not published yet"
+    );
+
+    // A healthy instance's sweeper finds the intent and publishes the committed batch.
+    let sweeper = CommandApi::spawn(settings.clone()).await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the sweeper republishing",
+        || async {
+            let records = read_topic(&settings, &settings.kafka.topic).await?;
+            Ok((sequences_of(&records, order)? == vec![1, 2]).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    sweeper.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_process_killed_after_its_lwt_loses_nothing() {
+    let settings = settings_with_fresh_topic("kill").await.unwrap();
+    let healthy = CommandApi::spawn(settings.clone()).await.unwrap();
+    let order = healthy.place_order().await.unwrap();
+    healthy.stop().await.unwrap();
+
+    let mut dying = CommandApi::spawn_process(
+        &settings,
+        &[
+            ("APP_COMMAND_API__FAULT", "exit_after_lwt"),
+            ("APP_COMMAND_API__SWEEPER_INTERVAL_MS", "3600000"),
+        ],
+    )
+    .await
+    .unwrap();
+    let reply = dying
+        .post(
+            &format!("/v1/orders/{order}/items"),
+            json!({"sku": "KILLED", "quantity": 3, "unit_price_cents": 7}),
+            &[],
+        )
+        .await;
+    assert!(reply.is_err(), "the process died mid-request: {reply:?}");
+    let status = dying
+        .wait_exit(Duration::from_secs(10))
+        .expect("process exited");
+    assert!(!status.success());
+
+    // The next command on the order publishes the pending batch first, then its own.
+    let next = CommandApi::spawn(settings.clone()).await.unwrap();
+    let reply = next
+        .post(
+            &format!("/v1/orders/{order}/items"),
+            json!({"sku": "AFTER", "quantity": 1, "unit_price_cents": 7}),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["version"], 3);
+    let records = read_topic(&settings, &settings.kafka.topic).await.unwrap();
+    assert_eq!(sequences_of(&records, order).unwrap(), vec![1, 2, 3]);
+    next.stop().await.unwrap();
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests that share the running stack peacefully (each uses its own topic and ids).
+//! Run them with `infra/dev test`, which brings the stack up first.
+
+mod commands;
+mod errors;
+mod foundation;
