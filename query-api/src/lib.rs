@@ -1,1 +1,144 @@
-//! placeholder
+//! query-api: HTTP over the read models the projector fills.
+//!
+//! A request flows: router (one file per resource in [`routes`]) → parameter validation
+//! ([`params`], 400 for what does not parse, 422 for what is out of range) → the read models
+//! ([`store::ReadModels`], CQL in production, always the projection's active generation) →
+//! JSON, or an [`error::ApiError`] leaving as problem+json. Order views go through [`views`]:
+//! an in-process [`cache`] keyed by generation, `ETag`s ([`etag`]) and the bounded `min_version`
+//! wait that lets a client read its own write. Around every route: correlation ids, request
+//! metrics by matched route, tracing, and the shared `/healthz`, `/readyz`, `/metrics`.
+//!
+//! [`run`] binds the configured address; [`serve`] takes a bound listener (port 0 in tests);
+//! [`app`] builds the router alone so tests drive it with `oneshot`.
+
+pub mod cache;
+pub mod cursor;
+pub mod error;
+pub mod etag;
+pub mod params;
+pub mod routes;
+pub mod store;
+pub mod views;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::middleware::from_fn;
+use axum::Router;
+use infra::http::{
+    correlation_id, cql_check, fallback, install_metrics, kafka_check, ops_routes, track_metrics,
+    Readiness,
+};
+use infra::Settings;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::cache::OrderCache;
+use crate::store::cql::{spawn_refresher, CqlReadModels};
+use crate::store::kafka::KafkaEndOffsets;
+use crate::store::{EndOffsets, ReadModels};
+use crate::views::OrderViews;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn ReadModels>,
+    pub end_offsets: Arc<dyn EndOffsets>,
+    pub views: Arc<OrderViews>,
+    /// The upper bound of a `min_version` wait.
+    pub min_version_wait: Duration,
+    /// The event topic whose lag `/v1/projections` reports.
+    pub topic: Arc<str>,
+    pub readiness: Readiness,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn ReadModels>,
+        end_offsets: Arc<dyn EndOffsets>,
+        readiness: Readiness,
+    ) -> Self {
+        let q = &settings.query_api;
+        let cache = OrderCache::new(q.cache_capacity, Duration::from_millis(q.cache_ttl_ms));
+        Self {
+            views: Arc::new(OrderViews::new(store.clone(), cache)),
+            store,
+            end_offsets,
+            min_version_wait: Duration::from_millis(q.min_version_wait_ms),
+            topic: Arc::from(settings.kafka.topic.as_str()),
+            readiness,
+            metrics: install_metrics(),
+        }
+    }
+}
+
+/// The whole HTTP surface of the service.
+pub fn app(state: AppState) -> Router {
+    let ops = ops_routes(state.readiness.clone(), state.metrics.clone());
+    Router::new()
+        .merge(routes::orders::router())
+        .merge(routes::order_events::router())
+        .merge(routes::customers::router())
+        .merge(routes::stats::router())
+        .merge(routes::projections::router())
+        .merge(routes::openapi::router())
+        .with_state(state)
+        .merge(ops)
+        .fallback(fallback)
+        .layer(from_fn(track_metrics))
+        .layer(from_fn(correlation_id))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Bind `settings.query_api.addr` and serve until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&settings.query_api.addr)
+        .await
+        .with_context(|| format!("binding {}", settings.query_api.addr))?;
+    serve(listener, settings, shutdown).await
+}
+
+/// Serve on an already bound listener (tests bind port 0 and read `local_addr` first) until
+/// `shutdown` resolves; in-flight requests are finished before returning.
+pub async fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let session = infra::cql::connect_keyspace(&settings.cql).await?;
+    let models = Arc::new(
+        CqlReadModels::new(
+            session.clone(),
+            settings.cql.keyspace.clone(),
+            settings.tenant.clone(),
+        )
+        .await?,
+    );
+    let refresher = spawn_refresher(models.clone());
+    let end_offsets = Arc::new(KafkaEndOffsets::new(&settings.kafka)?);
+    let readiness = Readiness::new(vec![
+        ("cql", cql_check(session)),
+        ("kafka", kafka_check(settings.kafka.clone())),
+    ]);
+    let state = AppState::new(&settings, models, end_offsets, readiness);
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, "query-api listening");
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP");
+    refresher.abort();
+    tracing::info!("query-api stopped");
+    served
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,8 @@
+//! The query-api process: settings, telemetry, then [`query_api::run`] until Ctrl-C or SIGTERM.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = infra::Settings::load()?;
+    infra::telemetry::init(&settings.telemetry);
+    query_api::run(settings, infra::http::shutdown_signal()).await
+}

@@ -1,0 +1,11 @@
+//! HTTP routes, one file per resource; [`crate::app`] merges their routers.
+
+pub mod customers;
+pub mod openapi;
+pub mod order_events;
+pub mod orders;
+pub mod projections;
+pub mod stats;
+
+/// Documents the problem+json error responses in OpenAPI.
+pub(crate) const PROBLEM: &str = "application/problem+json";

@@ -1,0 +1,522 @@
+//! The read models in CQL, always read from each projection's active generation.
+//!
+//! Generation tracking: the `projections` registry says which generation of each projection
+//! serves reads (`orders` → `order_detail`, `orders_by_customer`, `sales_by_day`;
+//! `order_history` → `order_events`). [`CqlReadModels::refresh`] reads it — every second from a
+//! background task ([`spawn_refresher`]), and on a read that finds no usable generation — and
+//! switches to a new generation only once every statement of it has been prepared. Preparing fails
+//! while a table does not exist, so a switch announced before its tables are visible keeps the
+//! previous generation serving and no read fails during a rebuild switch. Prepared statements are
+//! kept per generation, so switching back and forth prepares nothing twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::errors::PrepareError;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
+use uuid::Uuid;
+
+use super::{
+    CustomerOrderKey, CustomerOrderRow, DaySales, OrderRow, ProjectionRecord, ReadModels,
+    StoreError, StoreResult,
+};
+
+/// Name of the projection owning `order_detail`, `orders_by_customer` and `sales_by_day`.
+pub const ORDERS_PROJECTION: &str = "orders";
+/// Name of the projection owning `order_events`.
+pub const HISTORY_PROJECTION: &str = "order_history";
+
+/// Day partitions of `sales_by_day` read at the same time by one request.
+const SALES_CONCURRENCY: usize = 32;
+/// A read that finds no usable generation refreshes the registry at most this often.
+const MISS_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The statements of one generation of a projection.
+trait GenerationStatements: Sized + Send + Sync + 'static {
+    const PROJECTION: &'static str;
+    fn prepare(
+        session: &Session,
+        keyspace: &str,
+        generation: i32,
+    ) -> impl Future<Output = Result<Self, PrepareError>> + Send;
+    fn generation(&self) -> i32;
+}
+
+struct OrdersStatements {
+    generation: i32,
+    detail: PreparedStatement,
+    by_customer_first: PreparedStatement,
+    by_customer_after: PreparedStatement,
+    sales_of_day: PreparedStatement,
+}
+
+impl GenerationStatements for OrdersStatements {
+    const PROJECTION: &'static str = ORDERS_PROJECTION;
+
+    async fn prepare(session: &Session, ks: &str, g: i32) -> Result<Self, PrepareError> {
+        let columns = "order_id, status, total_cents, placed_at, version";
+        Ok(Self {
+            generation: g,
+            detail: session
+                .prepare(format!(
+                    "SELECT customer_id, currency, status, items, total_cents, version, placed_at, updated_at \
+                     FROM {ks}.order_detail_g{g} WHERE tenant_id = ? AND order_id = ?"
+                ))
+                .await?,
+            by_customer_first: session
+                .prepare(format!(
+                    "SELECT {columns} FROM {ks}.orders_by_customer_g{g} \
+                     WHERE tenant_id = ? AND customer_id = ? LIMIT ?"
+                ))
+                .await?,
+            by_customer_after: session
+                .prepare(format!(
+                    "SELECT {columns} FROM {ks}.orders_by_customer_g{g} \
+                     WHERE tenant_id = ? AND customer_id = ? AND (placed_at, order_id) < (?, ?) LIMIT ?"
+                ))
+                .await?,
+            // A single-partition aggregate: the sum travels instead of every paid order.
+            sales_of_day: session
+                .prepare(format!(
+                    "SELECT COUNT(*), SUM(revenue_cents) FROM {ks}.sales_by_day_g{g} \
+                     WHERE tenant_id = ? AND day = ?"
+                ))
+                .await?,
+        })
+    }
+
+    fn generation(&self) -> i32 {
+        self.generation
+    }
+}
+
+struct HistoryStatements {
+    generation: i32,
+    events: PreparedStatement,
+}
+
+impl GenerationStatements for HistoryStatements {
+    const PROJECTION: &'static str = HISTORY_PROJECTION;
+
+    async fn prepare(session: &Session, ks: &str, g: i32) -> Result<Self, PrepareError> {
+        Ok(Self {
+            generation: g,
+            events: session
+                .prepare(format!(
+                    "SELECT envelope FROM {ks}.order_events_g{g} WHERE tenant_id = ? AND aggregate_id = ?"
+                ))
+                .await?,
+        })
+    }
+
+    fn generation(&self) -> i32 {
+        self.generation
+    }
+}
+
+/// The serving generation of one projection and every generation prepared so far.
+struct Tracked<T> {
+    active: RwLock<Option<Arc<T>>>,
+    prepared: tokio::sync::Mutex<HashMap<i32, Arc<T>>>,
+    /// The last generation that could not be prepared: warn once, not every second.
+    last_unreadable: std::sync::Mutex<Option<i32>>,
+}
+
+impl<T: GenerationStatements> Tracked<T> {
+    fn new() -> Self {
+        Self {
+            active: RwLock::new(None),
+            prepared: tokio::sync::Mutex::new(HashMap::new()),
+            last_unreadable: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<T>> {
+        self.active
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn prepared_for(
+        &self,
+        session: &Session,
+        keyspace: &str,
+        g: i32,
+    ) -> Result<Arc<T>, PrepareError> {
+        // Held across the prepare: only the refresher and rate-limited misses get here.
+        let mut prepared = self.prepared.lock().await;
+        if let Some(statements) = prepared.get(&g) {
+            return Ok(statements.clone());
+        }
+        let statements = Arc::new(T::prepare(session, keyspace, g).await?);
+        prepared.insert(g, statements.clone());
+        Ok(statements)
+    }
+
+    /// Serve generation `g` if its tables can be read; otherwise keep the current one.
+    async fn switch_to(&self, session: &Session, keyspace: &str, g: i32) {
+        let current = self.current();
+        let from = current.as_ref().map(|c| c.generation());
+        if from == Some(g) {
+            return;
+        }
+        // With nothing serving yet (a fresh start during a switch), the previous generation is
+        // better than an error.
+        let mut candidates = vec![g];
+        if current.is_none() && g > 1 {
+            candidates.push(g - 1);
+        }
+        for candidate in candidates {
+            match self.prepared_for(session, keyspace, candidate).await {
+                Ok(statements) => {
+                    *self.active.write().unwrap_or_else(PoisonError::into_inner) = Some(statements);
+                    tracing::info!(projection = T::PROJECTION, from = ?from, to = candidate, "serving generation");
+                    return;
+                }
+                Err(error) => {
+                    let mut last = self
+                        .last_unreadable
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if *last == Some(candidate) {
+                        tracing::debug!(projection = T::PROJECTION, generation = candidate, serving = ?from, %error, "generation not readable yet");
+                    } else {
+                        *last = Some(candidate);
+                        tracing::warn!(projection = T::PROJECTION, generation = candidate, serving = ?from, %error, "generation not readable yet");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`ReadModels`] over a CQL session whose keyspace is the service keyspace.
+pub struct CqlReadModels {
+    session: Arc<Session>,
+    /// Table names are qualified with it (prepared statements relying on `USE` are ambiguous).
+    keyspace: String,
+    tenant: String,
+    list_projections: PreparedStatement,
+    list_offsets: PreparedStatement,
+    orders: Tracked<OrdersStatements>,
+    history: Tracked<HistoryStatements>,
+    last_miss_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl CqlReadModels {
+    /// Prepare the registry statements and load the active generations once.
+    pub async fn new(
+        session: Arc<Session>,
+        keyspace: String,
+        tenant: String,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let list_projections = session
+            .prepare(format!(
+                "SELECT name, active_generation, state FROM {keyspace}.projections"
+            ))
+            .await
+            .context("preparing the projections query")?;
+        let list_offsets = session
+            .prepare(format!(
+                "SELECT partition, next_offset FROM {keyspace}.projection_offsets \
+                 WHERE projection = ? AND generation = ? AND topic = ?"
+            ))
+            .await
+            .context("preparing the projection offsets query")?;
+        let models = Self {
+            session,
+            keyspace,
+            tenant,
+            list_projections,
+            list_offsets,
+            orders: Tracked::new(),
+            history: Tracked::new(),
+            last_miss_refresh: tokio::sync::Mutex::new(None),
+        };
+        if let Err(error) = models.refresh().await {
+            tracing::warn!(%error, "could not read the projection registry at start");
+        }
+        Ok(models)
+    }
+
+    /// Read the registry and switch each projection to its active generation when readable.
+    pub async fn refresh(&self) -> StoreResult<()> {
+        let rows = self.registry().await?;
+        let active = |name: &str| {
+            rows.iter()
+                .find(|(n, _, _)| n == name)
+                .and_then(|(_, g, _)| *g)
+                // No row yet: the projector starts every projection at generation 1.
+                .unwrap_or(1)
+        };
+        self.orders
+            .switch_to(&self.session, &self.keyspace, active(ORDERS_PROJECTION))
+            .await;
+        self.history
+            .switch_to(&self.session, &self.keyspace, active(HISTORY_PROJECTION))
+            .await;
+        Ok(())
+    }
+
+    async fn registry(&self) -> StoreResult<Vec<(String, Option<i32>, Option<String>)>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.list_projections, ())
+            .await
+            .map_err(|e| StoreError::unavailable("reading projections")(&e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| StoreError::corrupt("projections")(&e))?;
+        rows.rows::<(String, Option<i32>, Option<String>)>()
+            .map_err(|e| StoreError::corrupt("projections")(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::corrupt("projections")(&e))
+    }
+
+    /// The serving statements of a projection, refreshing the registry once when there are none.
+    async fn statements<T: GenerationStatements>(
+        &self,
+        tracked: &Tracked<T>,
+    ) -> StoreResult<Arc<T>> {
+        if let Some(statements) = tracked.current() {
+            return Ok(statements);
+        }
+        {
+            let mut last = self.last_miss_refresh.lock().await;
+            if last.is_none_or(|at| at.elapsed() >= MISS_REFRESH_INTERVAL) {
+                *last = Some(Instant::now());
+                self.refresh().await?;
+            }
+        }
+        tracked.current().ok_or(StoreError::NotReady(T::PROJECTION))
+    }
+}
+
+/// Refresh the generations every second until the returned task is aborted.
+pub fn spawn_refresher(models: Arc<CqlReadModels>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = models.refresh().await {
+                tracing::warn!(%error, "refreshing projection generations");
+            }
+        }
+    })
+}
+
+fn timestamp(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        what: "timestamp",
+        detail: format!("{ms} ms is out of range"),
+    })
+}
+
+type DetailColumns = (
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+);
+
+#[async_trait]
+impl ReadModels for CqlReadModels {
+    fn orders_generation(&self) -> Option<i32> {
+        self.orders.current().map(|s| s.generation)
+    }
+
+    #[tracing::instrument(skip_all, fields(%order_id))]
+    async fn order_detail(&self, order_id: Uuid) -> StoreResult<Option<OrderRow>> {
+        let statements = self.statements(&self.orders).await?;
+        let result = self
+            .session
+            .execute_unpaged(&statements.detail, (&self.tenant, order_id))
+            .await
+            .map_err(|e| StoreError::unavailable("reading order_detail")(&e))?;
+        let corrupt = StoreError::corrupt("order_detail");
+        let rows = match result.into_rows_result() {
+            Ok(rows) => rows,
+            Err(e) => return Err(corrupt(&e)),
+        };
+        let row = match rows.maybe_first_row::<DetailColumns>() {
+            Ok(row) => row,
+            Err(e) => return Err(StoreError::corrupt("order_detail")(&e)),
+        };
+        let Some((customer_id, currency, status, items, total, version, placed_at, updated_at)) =
+            row
+        else {
+            return Ok(None);
+        };
+        // A row the projector has not completed (no OrderPlaced applied yet) is not an order yet.
+        let (Some(customer_id), Some(version), Some(placed_at)) = (customer_id, version, placed_at)
+        else {
+            return Ok(None);
+        };
+        let placed_at = timestamp(placed_at.0)?;
+        Ok(Some(OrderRow {
+            generation: statements.generation,
+            order_id,
+            customer_id,
+            currency: currency.unwrap_or_default(),
+            status: status.unwrap_or_default(),
+            items_json: items.unwrap_or_else(|| "[]".into()),
+            total_cents: total.unwrap_or(0),
+            version,
+            placed_at,
+            updated_at: match updated_at {
+                Some(t) => timestamp(t.0)?,
+                None => placed_at,
+            },
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(%customer_id, limit))]
+    async fn customer_orders(
+        &self,
+        customer_id: Uuid,
+        after: Option<CustomerOrderKey>,
+        limit: usize,
+    ) -> StoreResult<Vec<CustomerOrderRow>> {
+        let statements = self.statements(&self.orders).await?;
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let result = match after {
+            None => {
+                self.session
+                    .execute_unpaged(
+                        &statements.by_customer_first,
+                        (&self.tenant, customer_id, limit),
+                    )
+                    .await
+            }
+            Some(key) => {
+                self.session
+                    .execute_unpaged(
+                        &statements.by_customer_after,
+                        (
+                            &self.tenant,
+                            customer_id,
+                            CqlTimestamp(key.placed_at_ms),
+                            key.order_id,
+                            limit,
+                        ),
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::unavailable("reading orders_by_customer")(&e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| StoreError::corrupt("orders_by_customer")(&e))?;
+        let typed = rows
+            .rows::<(Uuid, Option<String>, Option<i64>, CqlTimestamp, Option<i64>)>()
+            .map_err(|e| StoreError::corrupt("orders_by_customer")(&e))?;
+        let mut out = Vec::new();
+        for row in typed {
+            let (order_id, status, total, placed_at, version) =
+                row.map_err(|e| StoreError::corrupt("orders_by_customer")(&e))?;
+            out.push(CustomerOrderRow {
+                order_id,
+                status: status.unwrap_or_default(),
+                total_cents: total.unwrap_or(0),
+                placed_at: timestamp(placed_at.0)?,
+                version: version.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip_all, fields(days = days.len()))]
+    async fn sales(&self, days: Vec<NaiveDate>) -> StoreResult<Vec<DaySales>> {
+        let statements = self.statements(&self.orders).await?;
+        let statements = &statements;
+        futures::stream::iter(days)
+            .map(|day| async move {
+                let result = self
+                    .session
+                    .execute_unpaged(&statements.sales_of_day, (&self.tenant, day))
+                    .await
+                    .map_err(|e| StoreError::unavailable("reading sales_by_day")(&e))?;
+                let rows = result
+                    .into_rows_result()
+                    .map_err(|e| StoreError::corrupt("sales_by_day")(&e))?;
+                let (count, sum) = rows
+                    .maybe_first_row::<(Option<i64>, Option<i64>)>()
+                    .map_err(|e| StoreError::corrupt("sales_by_day")(&e))?
+                    .unwrap_or((None, None));
+                Ok(DaySales {
+                    day,
+                    orders_paid: count.unwrap_or(0),
+                    revenue_cents: sum.unwrap_or(0),
+                })
+            })
+            .buffer_unordered(SALES_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(%order_id))]
+    async fn order_events(&self, order_id: Uuid) -> StoreResult<Vec<String>> {
+        let statements = self.statements(&self.history).await?;
+        // Paged: a long-lived order may have more events than one page holds.
+        let pager = self
+            .session
+            .execute_iter(statements.events.clone(), (&self.tenant, order_id))
+            .await
+            .map_err(|e| StoreError::unavailable("reading order_events")(&e))?;
+        let stream = pager
+            .rows_stream::<(Option<String>,)>()
+            .map_err(|e| StoreError::corrupt("order_events")(&e))?;
+        let rows: Vec<(Option<String>,)> = stream
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::unavailable("reading order_events")(&e))?;
+        Ok(rows.into_iter().filter_map(|(e,)| e).collect())
+    }
+
+    async fn projections(&self, topic: &str) -> StoreResult<Vec<ProjectionRecord>> {
+        let rows = self.registry().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, generation, state) in rows {
+            let generation = generation.unwrap_or(1);
+            let result = self
+                .session
+                .execute_unpaged(&self.list_offsets, (&name, generation, topic))
+                .await
+                .map_err(|e| StoreError::unavailable("reading projection_offsets")(&e))?;
+            let rows = result
+                .into_rows_result()
+                .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
+            let mut offsets = BTreeMap::new();
+            for row in rows
+                .rows::<(i32, Option<i64>)>()
+                .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?
+            {
+                let (partition, next) =
+                    row.map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
+                offsets.insert(partition, next.unwrap_or(0));
+            }
+            out.push(ProjectionRecord {
+                name,
+                generation,
+                state: state.unwrap_or_else(|| "unknown".into()),
+                offsets,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

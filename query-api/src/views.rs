@@ -1,0 +1,367 @@
+//! Order views: the `order_detail` row as the API's JSON, served from the in-process cache when
+//! fresh enough, and the bounded wait for a `min_version` (read-your-writes after a command).
+//!
+//! How the wait avoids hammering CQL: all requests waiting on the same order share **one poller
+//! task** (registered in `pollers` by order id). It reads the view right away, then again after
+//! 2, 4, 8, … ms, capped at 100 ms, and publishes each result on a `watch` channel; every waiter
+//! looks at the published view and returns as soon as it reaches its own `min_version`. So a
+//! thousand clients waiting on one hot order cost at most ~10 reads per second, a fresh projection
+//! is still seen within a few milliseconds, and the poller stops as soon as nobody listens. Each
+//! waiter is bounded by its own deadline (`min_version_wait_ms`, shortened by `wait_ms`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::cache::{CachedView, OrderCache};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{OrderRow, ReadModels, StoreError, StoreResult};
+
+const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(2);
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: i64,
+}
+
+/// The current state of an order, as projected from its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OrderDetail {
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    /// ISO 4217 code, three upper-case letters.
+    pub currency: String,
+    /// `open`, `paid`, `shipped` or `cancelled`.
+    pub status: String,
+    pub items: Vec<OrderLine>,
+    pub total_cents: i64,
+    /// The sequence of the last event applied; also the `ETag`.
+    pub version: i64,
+    #[schema(format = DateTime)]
+    pub placed_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+/// RFC 3339 UTC with milliseconds (the precision of CQL timestamps).
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The row as the API's JSON body.
+pub fn render(row: &OrderRow) -> StoreResult<CachedView> {
+    let items: Vec<OrderLine> = serde_json::from_str(&row.items_json)
+        .map_err(|e| StoreError::corrupt("order_detail.items")(&e))?;
+    let detail = OrderDetail {
+        order_id: row.order_id,
+        customer_id: row.customer_id,
+        currency: row.currency.clone(),
+        status: row.status.clone(),
+        items,
+        total_cents: row.total_cents,
+        version: row.version,
+        placed_at: rfc3339(row.placed_at),
+        updated_at: rfc3339(row.updated_at),
+    };
+    let body = serde_json::to_vec(&detail).map_err(|e| StoreError::corrupt("order_detail")(&e))?;
+    Ok(CachedView {
+        version: row.version,
+        body: Bytes::from(body),
+    })
+}
+
+/// What the shared poller of one order saw last.
+#[derive(Debug, Clone)]
+enum Polled {
+    NotYet,
+    Missing,
+    Found(Arc<CachedView>),
+    Failed(StoreError),
+}
+
+pub struct OrderViews {
+    store: Arc<dyn ReadModels>,
+    cache: OrderCache,
+    pollers: Mutex<HashMap<Uuid, Arc<watch::Sender<Polled>>>>,
+}
+
+impl OrderViews {
+    pub fn new(store: Arc<dyn ReadModels>, cache: OrderCache) -> Self {
+        Self {
+            store,
+            cache,
+            pollers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Read the store, render, remember.
+    async fn load(&self, order_id: Uuid) -> StoreResult<Option<Arc<CachedView>>> {
+        let Some(row) = self.store.order_detail(order_id).await? else {
+            return Ok(None);
+        };
+        let view = Arc::new(render(&row)?);
+        self.cache.insert(row.generation, order_id, view.clone());
+        Ok(Some(view))
+    }
+
+    fn cached(&self, order_id: Uuid, min_version: Option<i64>) -> Option<Arc<CachedView>> {
+        let generation = self.store.orders_generation()?;
+        let hit = self.cache.get(generation, order_id, min_version);
+        let result = if hit.is_some() { "hit" } else { "miss" };
+        metrics::counter!("query_order_cache_lookups_total", "result" => result).increment(1);
+        hit
+    }
+
+    /// The view as fresh as the cache TTL allows; `None` for an unknown order.
+    pub async fn get(&self, order_id: Uuid) -> StoreResult<Option<Arc<CachedView>>> {
+        if let Some(view) = self.cached(order_id, None) {
+            return Ok(Some(view));
+        }
+        self.load(order_id).await
+    }
+
+    /// The view once its version is at least `min_version`, waiting at most `wait`.
+    pub async fn get_at_least(
+        self: &Arc<Self>,
+        order_id: Uuid,
+        min_version: i64,
+        wait: Duration,
+    ) -> ApiResult<Arc<CachedView>> {
+        let deadline = Instant::now() + wait;
+        if let Some(view) = self.cached(order_id, Some(min_version)) {
+            return Ok(view);
+        }
+        let first = self.load(order_id).await?;
+        if let Some(view) = first.as_ref().filter(|v| v.version >= min_version) {
+            return Ok(view.clone());
+        }
+        let mut rx = self.subscribe(order_id);
+        let caught = tokio::time::timeout_at(deadline, async {
+            rx.wait_for(|p| match p {
+                Polled::Found(v) => v.version >= min_version,
+                Polled::Failed(_) => true,
+                Polled::NotYet | Polled::Missing => false,
+            })
+            .await
+            .map(|polled| polled.clone())
+        })
+        .await;
+        // Timed out, or the poller went away (cannot happen while we listen): judge by what it
+        // saw last.
+        let caught = caught.ok().and_then(Result::ok);
+        let last = caught.unwrap_or_else(|| rx.borrow().clone());
+        let waited = match &last {
+            Polled::Found(v) if v.version >= min_version => "caught_up",
+            Polled::Failed(_) => "failed",
+            _ => "timed_out",
+        };
+        metrics::counter!("query_min_version_waits_total", "outcome" => waited).increment(1);
+        match last {
+            Polled::Found(v) if v.version >= min_version => Ok(v),
+            Polled::Failed(e) => Err(e.into()),
+            Polled::Found(v) => Err(ApiError::NotCaughtUp {
+                wanted: min_version,
+                current: v.version,
+            }),
+            Polled::NotYet => match first {
+                Some(v) => Err(ApiError::NotCaughtUp {
+                    wanted: min_version,
+                    current: v.version,
+                }),
+                None => Err(not_found(order_id)),
+            },
+            Polled::Missing => Err(not_found(order_id)),
+        }
+    }
+
+    /// Listen to the order's poller, starting one if nobody polls it yet.
+    fn subscribe(self: &Arc<Self>, order_id: Uuid) -> watch::Receiver<Polled> {
+        let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = pollers.get(&order_id) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Polled::NotYet);
+        let tx = Arc::new(tx);
+        pollers.insert(order_id, tx.clone());
+        let views = self.clone();
+        tokio::spawn(async move { views.poll(order_id, tx).await });
+        rx
+    }
+
+    async fn poll(self: Arc<Self>, order_id: Uuid, tx: Arc<watch::Sender<Polled>>) {
+        let mut interval = FIRST_POLL_INTERVAL;
+        loop {
+            let polled = match self.load(order_id).await {
+                Ok(Some(view)) => Polled::Found(view),
+                Ok(None) => Polled::Missing,
+                Err(e) => Polled::Failed(e),
+            };
+            tx.send_replace(polled);
+            {
+                // Checked under the registry lock, so a waiter either joins before we leave (and
+                // we go on) or finds no poller and starts a new one.
+                let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
+                if tx.receiver_count() == 0 {
+                    pollers.remove(&order_id);
+                    return;
+                }
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(MAX_POLL_INTERVAL);
+        }
+    }
+
+    /// Orders being polled for waiters right now.
+    pub fn active_pollers(&self) -> usize {
+        self.pollers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+pub fn not_found(order_id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no order {order_id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::sync::atomic::Ordering;
+
+    fn views(store: Arc<MemoryStore>) -> Arc<OrderViews> {
+        Arc::new(OrderViews::new(
+            store,
+            OrderCache::new(100, Duration::from_secs(60)),
+        ))
+    }
+
+    #[test]
+    fn a_row_renders_as_the_contract_says() {
+        let id = Uuid::nil();
+        let view = render(&MemoryStore::order(id, 4)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+        assert_eq!(json["version"], 4);
+        assert_eq!(json["items"][0]["sku"], "A-1");
+        assert_eq!(json["items"][0]["unit_price_cents"], 150);
+        assert_eq!(json["placed_at"], "2024-05-01T12:00:00.000Z");
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "currency",
+                "customer_id",
+                "items",
+                "order_id",
+                "placed_at",
+                "status",
+                "total_cents",
+                "updated_at",
+                "version"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cached_older_version_is_never_served_to_min_version() {
+        let store = Arc::new(MemoryStore::new());
+        let id = Uuid::now_v7();
+        store.put(MemoryStore::order(id, 1));
+        let v = views(store.clone());
+        assert_eq!(v.get(id).await.unwrap().unwrap().version, 1);
+        store.put(MemoryStore::order(id, 2));
+        // Without min_version the cached view is fine…
+        assert_eq!(v.get(id).await.unwrap().unwrap().version, 1);
+        // …with it, the store is read.
+        let got = v
+            .get_at_least(id, 2, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(got.version, 2);
+        // And the cache moved forward.
+        assert_eq!(v.get(id).await.unwrap().unwrap().version, 2);
+    }
+
+    #[tokio::test]
+    async fn waiting_returns_once_the_projection_catches_up() {
+        let store = Arc::new(MemoryStore::new());
+        let id = Uuid::now_v7();
+        store.put(MemoryStore::order(id, 1));
+        store.bump_per_read.lock().unwrap().insert(id, 1);
+        let v = views(store.clone());
+        let got = v.get_at_least(id, 5, Duration::from_secs(2)).await.unwrap();
+        assert!(got.version >= 5);
+    }
+
+    #[tokio::test]
+    async fn many_waiters_share_one_poller() {
+        let store = Arc::new(MemoryStore::new());
+        let id = Uuid::now_v7();
+        store.put(MemoryStore::order(id, 1));
+        let v = views(store.clone());
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let v = v.clone();
+                tokio::spawn(async move { v.get_at_least(id, 9, Duration::from_millis(300)).await })
+            })
+            .collect();
+        for w in waiters {
+            let err = w.await.unwrap().unwrap_err();
+            assert!(matches!(
+                err,
+                ApiError::NotCaughtUp {
+                    wanted: 9,
+                    current: 1
+                }
+            ));
+        }
+        // 50 direct first reads plus one shared poller backing off to 100 ms: far fewer than
+        // 50 waiters polling on their own would make.
+        let reads = store.detail_reads.load(Ordering::SeqCst);
+        assert!(reads < 50 + 15, "{reads} reads");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(v.active_pollers(), 0, "the poller stops when nobody waits");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_order_is_404_after_the_wait() {
+        let store = Arc::new(MemoryStore::new());
+        let v = views(store);
+        let started = std::time::Instant::now();
+        let err = v
+            .get_at_least(Uuid::now_v7(), 1, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(err.to_problem().status, 404);
+    }
+
+    #[tokio::test]
+    async fn a_view_that_stays_behind_is_503_with_retry_after() {
+        let store = Arc::new(MemoryStore::new());
+        let id = Uuid::now_v7();
+        store.put(MemoryStore::order(id, 3));
+        let v = views(store);
+        let p = v
+            .get_at_least(id, 4, Duration::from_millis(30))
+            .await
+            .unwrap_err()
+            .to_problem();
+        assert_eq!(p.status, 503);
+        assert!(p.retry_after_secs.is_some());
+    }
+}
