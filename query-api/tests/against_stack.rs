@@ -1,7 +1,6 @@
 //! query-api served on port 0 against the real local stack (Kafka at 127.0.0.1:9092, CQL at
 //! 127.0.0.1:9042, e.g. `infra/dev up`), in a throwaway keyspace with the read-model tables of
-//! `projector/READ_MODELS.md` filled by hand. Ignored by default; run with
-//! `cargo test -p query-api --test against_stack -- --ignored`.
+//! `projector/READ_MODELS.md` filled by hand. `infra/dev test` runs it with the rest of the suite.
 
 // A test binary: helpers may panic like the tests they serve.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -87,7 +86,6 @@ async fn spawn(settings: Settings) -> Server {
 }
 
 #[tokio::test]
-#[ignore = "needs Kafka and CQL on 127.0.0.1 (infra/dev up)"]
 async fn query_api_serves_the_read_models_of_the_active_generation() {
     let mut settings = Settings::default();
     settings.cql.keyspace = format!("qa_it_{}", Uuid::new_v4().simple());

@@ -1,0 +1,21 @@
+//! The projector binary: settings, telemetry, then [`projector::cli::execute`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use infra::Settings;
+use projector::cli::Cli;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("settings: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    infra::telemetry::init(&settings.telemetry);
+    projector::cli::execute(cli, settings).await
+}

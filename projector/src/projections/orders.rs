@@ -1,0 +1,771 @@
+//! Projection `orders`: the current state of every order, folded from its events.
+//!
+//! Per aggregate of a batch: read the `order_detail` row (it carries the version it reflects),
+//! [`fold`] the events with a higher sequence onto it, then write `order_detail`, the
+//! `orders_by_customer` entry and any `sales_by_day` change, all `USING TIMESTAMP <version>`: a
+//! write of an older state can never shadow a newer one, whichever order the writes land in, and a
+//! replayed event (sequence ≤ version) writes nothing at all.
+//!
+//! `sales_by_day` holds one row per paid order on the UTC day of its payment; cancelling a paid
+//! order deletes that row with the cancellation's version, which is higher than the payment's, so
+//! the deletion wins even against a late replay of the payment.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use events::{LineItem, OrderEvent};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::MaybeUnset;
+use uuid::Uuid;
+
+use super::{qualified, rejected, AggregateEvents, ApplyError, Projection, ProjectionWriter};
+
+pub const NAME: &str = "orders";
+const TABLES: &[&str] = &["order_detail", "orders_by_customer", "sales_by_day"];
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Status {
+    #[default]
+    Open,
+    Paid,
+    Shipped,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Paid => "paid",
+            Status::Shipped => "shipped",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => Status::Open,
+            "paid" => Status::Paid,
+            "shipped" => Status::Shipped,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// One `order_detail` row. Fields an order gets from `OrderPlaced` stay `None` when a rebuild
+/// from a timestamp starts after the order was placed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OrderRow {
+    pub tenant_id: String,
+    pub order_id: Uuid,
+    pub customer_id: Option<Uuid>,
+    pub currency: Option<String>,
+    pub status: Status,
+    pub items: Vec<LineItem>,
+    pub total_cents: i64,
+    /// Sequence of the last event applied; 0 before the first.
+    pub version: i64,
+    pub placed_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub paid_cents: Option<i64>,
+}
+
+impl OrderRow {
+    pub fn new(tenant_id: &str, order_id: Uuid) -> Self {
+        Self {
+            tenant_id: tenant_id.to_string(),
+            order_id,
+            ..Self::default()
+        }
+    }
+}
+
+/// A change of the order's `sales_by_day` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SalesChange {
+    Record {
+        day: NaiveDate,
+        revenue_cents: i64,
+        version: i64,
+    },
+    Remove {
+        day: NaiveDate,
+        version: i64,
+    },
+}
+
+/// The outcome of folding a batch of events onto a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fold {
+    pub row: OrderRow,
+    pub sales: Vec<SalesChange>,
+    /// How many of the events were newer than the stored row.
+    pub applied: usize,
+}
+
+/// Fold the events newer than `current` onto it (a new row when there is none). `None` when every
+/// event is a duplicate or older than the stored version: nothing is to be written.
+pub fn fold(current: Option<OrderRow>, aggregate: &AggregateEvents) -> Option<Fold> {
+    let mut row =
+        current.unwrap_or_else(|| OrderRow::new(&aggregate.tenant_id, aggregate.aggregate_id));
+    let mut sales = Vec::new();
+    let mut applied = 0;
+    for event in &aggregate.events {
+        let sequence = event.envelope.sequence;
+        if i64::try_from(sequence).map_or(true, |s| s <= row.version) {
+            continue;
+        }
+        if let Some(change) = apply(&mut row, sequence, event.envelope.occurred_at, &event.event) {
+            sales.push(change);
+        }
+        applied += 1;
+    }
+    (applied > 0).then_some(Fold {
+        row,
+        sales,
+        applied,
+    })
+}
+
+/// Apply one event to a row, returning the change of its sales row if any.
+pub fn apply(
+    row: &mut OrderRow,
+    sequence: u64,
+    occurred_at: DateTime<Utc>,
+    event: &OrderEvent,
+) -> Option<SalesChange> {
+    let version = i64::try_from(sequence).unwrap_or(i64::MAX);
+    row.version = version;
+    row.updated_at = Some(occurred_at);
+    let mut change = None;
+    match event {
+        OrderEvent::OrderPlaced {
+            customer_id,
+            currency,
+            items,
+            ..
+        } => {
+            row.customer_id = Some(*customer_id);
+            row.currency = Some(currency.clone());
+            row.items = items.clone();
+            row.status = Status::Open;
+            row.placed_at = Some(occurred_at);
+        }
+        OrderEvent::ItemAdded(line) => {
+            match row.items.iter_mut().find(|item| item.sku == line.sku) {
+                Some(item) => item.quantity = item.quantity.saturating_add(line.quantity),
+                None => row.items.push(line.clone()),
+            }
+        }
+        OrderEvent::ItemRemoved { sku } => row.items.retain(|item| &item.sku != sku),
+        OrderEvent::PaymentRecorded { amount_cents, .. } => {
+            row.status = Status::Paid;
+            row.paid_at = Some(occurred_at);
+            row.paid_cents = Some(*amount_cents);
+            change = Some(SalesChange::Record {
+                day: occurred_at.date_naive(),
+                revenue_cents: *amount_cents,
+                version,
+            });
+        }
+        OrderEvent::OrderShipped { .. } => row.status = Status::Shipped,
+        OrderEvent::OrderCancelled { .. } => {
+            // A paid order no longer counts as a sale once cancelled.
+            change = row.paid_at.map(|paid_at| SalesChange::Remove {
+                day: paid_at.date_naive(),
+                version,
+            });
+            row.status = Status::Cancelled;
+        }
+    }
+    row.total_cents = total_cents(&row.items);
+    change
+}
+
+pub fn total_cents(items: &[LineItem]) -> i64 {
+    items.iter().fold(0i64, |total, item| {
+        total.saturating_add(
+            item.unit_price_cents
+                .saturating_mul(i64::from(item.quantity)),
+        )
+    })
+}
+
+/// The projection's registration.
+pub struct Orders;
+
+#[async_trait]
+impl Projection for Orders {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        TABLES
+    }
+
+    fn ddl(&self, g: i32) -> Vec<String> {
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS order_detail_g{g} (\
+                 tenant_id text, order_id uuid, \
+                 customer_id uuid, currency text, status text, \
+                 items text, total_cents bigint, version bigint, \
+                 placed_at timestamp, updated_at timestamp, \
+                 paid_at timestamp, paid_cents bigint, \
+                 PRIMARY KEY ((tenant_id, order_id)))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS orders_by_customer_g{g} (\
+                 tenant_id text, customer_id uuid, placed_at timestamp, order_id uuid, \
+                 status text, total_cents bigint, version bigint, \
+                 PRIMARY KEY ((tenant_id, customer_id), placed_at, order_id)) \
+                 WITH CLUSTERING ORDER BY (placed_at DESC, order_id DESC)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS sales_by_day_g{g} (\
+                 tenant_id text, day date, order_id uuid, revenue_cents bigint, version bigint, \
+                 PRIMARY KEY ((tenant_id, day), order_id))"
+            ),
+        ]
+    }
+
+    async fn writer(
+        &self,
+        session: Arc<Session>,
+        keyspace: &str,
+        g: i32,
+    ) -> anyhow::Result<Arc<dyn ProjectionWriter>> {
+        let detail = qualified(keyspace, "order_detail", g);
+        let by_customer = qualified(keyspace, "orders_by_customer", g);
+        let sales = qualified(keyspace, "sales_by_day", g);
+        let prepare = |cql: String| {
+            let session = session.clone();
+            async move {
+                let mut statement = session.prepare(cql.as_str()).await?;
+                statement.set_is_idempotent(true);
+                Ok::<_, anyhow::Error>(statement)
+            }
+        };
+        Ok(Arc::new(OrdersWriter {
+            select: prepare(format!(
+                "SELECT customer_id, currency, status, items, total_cents, version, \
+                 placed_at, updated_at, paid_at, paid_cents \
+                 FROM {detail} WHERE tenant_id = ? AND order_id = ?"
+            ))
+            .await?,
+            upsert_detail: prepare(format!(
+                "INSERT INTO {detail} (tenant_id, order_id, customer_id, currency, status, items, \
+                 total_cents, version, placed_at, updated_at, paid_at, paid_cents) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            upsert_by_customer: prepare(format!(
+                "INSERT INTO {by_customer} (tenant_id, customer_id, placed_at, order_id, status, \
+                 total_cents, version) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_sale: prepare(format!(
+                "INSERT INTO {sales} (tenant_id, day, order_id, revenue_cents, version) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            delete_sale: prepare(format!(
+                "DELETE FROM {sales} USING TIMESTAMP ? \
+                 WHERE tenant_id = ? AND day = ? AND order_id = ?"
+            ))
+            .await?,
+            session,
+        }))
+    }
+}
+
+struct OrdersWriter {
+    session: Arc<Session>,
+    select: PreparedStatement,
+    upsert_detail: PreparedStatement,
+    upsert_by_customer: PreparedStatement,
+    insert_sale: PreparedStatement,
+    delete_sale: PreparedStatement,
+}
+
+type StoredRow = (
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+);
+
+fn unset_if_none<T>(value: Option<T>) -> MaybeUnset<T> {
+    // Unset (not null) leaves no tombstone; these fields never go back to null once set.
+    value.map_or(MaybeUnset::Unset, MaybeUnset::Set)
+}
+
+impl OrdersWriter {
+    async fn load(&self, tenant_id: &str, order_id: Uuid) -> Result<Option<OrderRow>, ApplyError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select, (tenant_id, order_id))
+            .await?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| rejected("reading order_detail", e))?;
+        let Some(stored) = rows
+            .maybe_first_row::<StoredRow>()
+            .map_err(|e| rejected("decoding order_detail", e))?
+        else {
+            return Ok(None);
+        };
+        let (
+            customer_id,
+            currency,
+            status,
+            items,
+            total_cents,
+            version,
+            placed_at,
+            updated_at,
+            paid_at,
+            paid_cents,
+        ) = stored;
+        let status = match status.as_deref() {
+            None => Status::Open,
+            Some(s) => Status::parse(s)
+                .ok_or_else(|| rejected("order_detail.status", format!("unknown status {s:?}")))?,
+        };
+        let items = match items.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| rejected("order_detail.items", e))?
+            }
+        };
+        Ok(Some(OrderRow {
+            tenant_id: tenant_id.to_string(),
+            order_id,
+            customer_id,
+            currency,
+            status,
+            items,
+            total_cents: total_cents.unwrap_or(0),
+            version: version.unwrap_or(0),
+            placed_at,
+            updated_at,
+            paid_at,
+            paid_cents,
+        }))
+    }
+
+    async fn write_detail(&self, row: &OrderRow) -> Result<(), ApplyError> {
+        let items = serde_json::to_string(&row.items).map_err(|e| rejected("items", e))?;
+        self.session
+            .execute_unpaged(
+                &self.upsert_detail,
+                (
+                    row.tenant_id.as_str(),
+                    row.order_id,
+                    unset_if_none(row.customer_id),
+                    unset_if_none(row.currency.as_deref()),
+                    row.status.as_str(),
+                    items,
+                    row.total_cents,
+                    row.version,
+                    unset_if_none(row.placed_at),
+                    unset_if_none(row.updated_at),
+                    unset_if_none(row.paid_at),
+                    unset_if_none(row.paid_cents),
+                    row.version,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn write_by_customer(&self, row: &OrderRow) -> Result<(), ApplyError> {
+        // Without its OrderPlaced (a rebuild from a timestamp) the order has no key here.
+        let (Some(customer_id), Some(placed_at)) = (row.customer_id, row.placed_at) else {
+            return Ok(());
+        };
+        self.session
+            .execute_unpaged(
+                &self.upsert_by_customer,
+                (
+                    row.tenant_id.as_str(),
+                    customer_id,
+                    placed_at,
+                    row.order_id,
+                    row.status.as_str(),
+                    row.total_cents,
+                    row.version,
+                    row.version,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn write_sales(&self, row: &OrderRow, changes: &[SalesChange]) -> Result<(), ApplyError> {
+        for change in changes {
+            match *change {
+                SalesChange::Record {
+                    day,
+                    revenue_cents,
+                    version,
+                } => {
+                    self.session
+                        .execute_unpaged(
+                            &self.insert_sale,
+                            (
+                                row.tenant_id.as_str(),
+                                day,
+                                row.order_id,
+                                revenue_cents,
+                                version,
+                                version,
+                            ),
+                        )
+                        .await?;
+                }
+                SalesChange::Remove { day, version } => {
+                    self.session
+                        .execute_unpaged(
+                            &self.delete_sale,
+                            (version, row.tenant_id.as_str(), day, row.order_id),
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProjectionWriter for OrdersWriter {
+    async fn apply_aggregate(&self, aggregate: &AggregateEvents) -> Result<(), ApplyError> {
+        let current = self
+            .load(&aggregate.tenant_id, aggregate.aggregate_id)
+            .await?;
+        let Some(fold) = fold(current, aggregate) else {
+            return Ok(());
+        };
+        futures::try_join!(
+            self.write_detail(&fold.row),
+            self.write_by_customer(&fold.row),
+            self.write_sales(&fold.row, &fold.sales),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projections::fixtures::{aggregate, at, event};
+    use crate::projections::Event;
+
+    fn line(sku: &str, quantity: u32, unit_price_cents: i64) -> LineItem {
+        LineItem {
+            sku: sku.into(),
+            quantity,
+            unit_price_cents,
+        }
+    }
+
+    fn placed(order: Uuid, customer: Uuid) -> Event {
+        event(
+            order,
+            1,
+            at(1, 9),
+            OrderEvent::OrderPlaced {
+                order_id: order,
+                customer_id: customer,
+                currency: "EUR".into(),
+                items: vec![line("A", 2, 500)],
+            },
+        )
+    }
+
+    fn paid(order: Uuid, sequence: u64, when: DateTime<Utc>, amount_cents: i64) -> Event {
+        event(
+            order,
+            sequence,
+            when,
+            OrderEvent::PaymentRecorded {
+                amount_cents,
+                payment_ref: "pay".into(),
+            },
+        )
+    }
+
+    fn cancelled(order: Uuid, sequence: u64, when: DateTime<Utc>) -> Event {
+        event(
+            order,
+            sequence,
+            when,
+            OrderEvent::OrderCancelled {
+                reason: "changed mind".into(),
+            },
+        )
+    }
+
+    fn folded(current: Option<OrderRow>, order: Uuid, events: Vec<Event>) -> Option<Fold> {
+        fold(current, &aggregate(order, events))
+    }
+
+    #[test]
+    fn placing_an_order_fills_the_row_with_its_lines_and_total() {
+        let (order, customer) = (Uuid::now_v7(), Uuid::now_v7());
+
+        let fold = folded(None, order, vec![placed(order, customer)]).unwrap();
+
+        let row = fold.row;
+        assert_eq!(row.order_id, order);
+        assert_eq!(row.customer_id, Some(customer));
+        assert_eq!(row.currency.as_deref(), Some("EUR"));
+        assert_eq!(row.status, Status::Open);
+        assert_eq!(row.total_cents, 1000);
+        assert_eq!(row.version, 1);
+        assert_eq!(row.placed_at, Some(at(1, 9)));
+        assert_eq!(row.updated_at, Some(at(1, 9)));
+        assert!(fold.sales.is_empty());
+    }
+
+    #[test]
+    fn adding_a_sku_already_on_the_order_adds_to_its_quantity() {
+        let order = Uuid::now_v7();
+        let events = vec![
+            placed(order, Uuid::now_v7()),
+            event(
+                order,
+                2,
+                at(1, 10),
+                OrderEvent::ItemAdded(line("A", 3, 500)),
+            ),
+            event(
+                order,
+                3,
+                at(1, 11),
+                OrderEvent::ItemAdded(line("B", 1, 250)),
+            ),
+        ];
+
+        let row = folded(None, order, events).unwrap().row;
+
+        assert_eq!(row.items, vec![line("A", 5, 500), line("B", 1, 250)]);
+        assert_eq!(row.total_cents, 2750);
+        assert_eq!(row.version, 3);
+        assert_eq!(row.updated_at, Some(at(1, 11)));
+    }
+
+    #[test]
+    fn removing_an_item_lowers_the_total() {
+        let order = Uuid::now_v7();
+        let events = vec![
+            placed(order, Uuid::now_v7()),
+            event(
+                order,
+                2,
+                at(1, 10),
+                OrderEvent::ItemAdded(line("B", 1, 250)),
+            ),
+            event(
+                order,
+                3,
+                at(1, 11),
+                OrderEvent::ItemRemoved { sku: "A".into() },
+            ),
+        ];
+
+        let row = folded(None, order, events).unwrap().row;
+
+        assert_eq!(row.items, vec![line("B", 1, 250)]);
+        assert_eq!(row.total_cents, 250);
+    }
+
+    #[test]
+    fn a_duplicate_event_changes_nothing() {
+        let order = Uuid::now_v7();
+        let stored = folded(None, order, vec![placed(order, Uuid::now_v7())])
+            .unwrap()
+            .row;
+
+        let again = folded(Some(stored), order, vec![placed(order, Uuid::now_v7())]);
+
+        assert_eq!(again, None);
+    }
+
+    #[test]
+    fn an_older_event_never_overwrites_a_newer_state() {
+        let order = Uuid::now_v7();
+        let stored = folded(
+            None,
+            order,
+            vec![
+                placed(order, Uuid::now_v7()),
+                paid(order, 2, at(2, 8), 1000),
+            ],
+        )
+        .unwrap()
+        .row;
+
+        let late = event(order, 2, at(1, 10), OrderEvent::ItemAdded(line("Z", 9, 1)));
+        let shipped = event(
+            order,
+            3,
+            at(3, 8),
+            OrderEvent::OrderShipped {
+                carrier: "DHL".into(),
+                tracking_number: "T".into(),
+            },
+        );
+        let fold = folded(Some(stored.clone()), order, vec![late, shipped]).unwrap();
+
+        assert_eq!(fold.applied, 1);
+        assert_eq!(fold.row.items, stored.items);
+        assert_eq!(fold.row.status, Status::Shipped);
+        assert_eq!(fold.row.version, 3);
+        assert!(fold.sales.is_empty(), "shipping keeps the sale");
+    }
+
+    #[test]
+    fn paying_records_a_sale_on_the_utc_day_of_the_payment() {
+        let order = Uuid::now_v7();
+        let payment_time = at(2, 23) + chrono::Duration::minutes(59);
+        let fold = folded(
+            None,
+            order,
+            vec![
+                placed(order, Uuid::now_v7()),
+                paid(order, 2, payment_time, 1000),
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(fold.row.status, Status::Paid);
+        assert_eq!(fold.row.paid_at, Some(payment_time));
+        assert_eq!(fold.row.paid_cents, Some(1000));
+        assert_eq!(
+            fold.sales,
+            vec![SalesChange::Record {
+                day: NaiveDate::from_ymd_opt(2026, 3, 2).unwrap(),
+                revenue_cents: 1000,
+                version: 2,
+            }]
+        );
+    }
+
+    #[test]
+    fn cancelling_a_paid_order_removes_its_sale_with_the_cancellation_version() {
+        let order = Uuid::now_v7();
+        let stored = folded(
+            None,
+            order,
+            vec![
+                placed(order, Uuid::now_v7()),
+                paid(order, 2, at(2, 8), 1000),
+            ],
+        )
+        .unwrap()
+        .row;
+
+        let fold = folded(Some(stored), order, vec![cancelled(order, 3, at(4, 8))]).unwrap();
+
+        assert_eq!(fold.row.status, Status::Cancelled);
+        assert_eq!(
+            fold.sales,
+            vec![SalesChange::Remove {
+                day: NaiveDate::from_ymd_opt(2026, 3, 2).unwrap(),
+                version: 3,
+            }]
+        );
+    }
+
+    #[test]
+    fn paying_then_cancelling_in_one_batch_removes_the_sale_after_recording_it() {
+        let order = Uuid::now_v7();
+        let fold = folded(
+            None,
+            order,
+            vec![
+                placed(order, Uuid::now_v7()),
+                paid(order, 2, at(2, 8), 1000),
+                cancelled(order, 3, at(2, 9)),
+            ],
+        )
+        .unwrap();
+
+        let day = NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+        assert_eq!(
+            fold.sales,
+            vec![
+                SalesChange::Record {
+                    day,
+                    revenue_cents: 1000,
+                    version: 2
+                },
+                SalesChange::Remove { day, version: 3 },
+            ]
+        );
+    }
+
+    #[test]
+    fn cancelling_an_unpaid_order_touches_no_sale() {
+        let order = Uuid::now_v7();
+        let fold = folded(
+            None,
+            order,
+            vec![
+                placed(order, Uuid::now_v7()),
+                cancelled(order, 2, at(1, 12)),
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(fold.row.status, Status::Cancelled);
+        assert!(fold.sales.is_empty());
+    }
+
+    #[test]
+    fn events_without_their_order_placed_still_fold_into_a_keyless_row() {
+        let order = Uuid::now_v7();
+        let fold = folded(
+            None,
+            order,
+            vec![event(
+                order,
+                4,
+                at(1, 10),
+                OrderEvent::ItemAdded(line("A", 1, 100)),
+            )],
+        )
+        .unwrap();
+
+        assert_eq!(fold.row.version, 4);
+        assert_eq!(fold.row.customer_id, None);
+        assert_eq!(fold.row.total_cents, 100);
+    }
+
+    #[test]
+    fn every_status_reads_back_from_its_text() {
+        for status in [
+            Status::Open,
+            Status::Paid,
+            Status::Shipped,
+            Status::Cancelled,
+        ] {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(Status::parse("lost"), None);
+    }
+}
