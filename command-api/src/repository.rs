@@ -160,11 +160,16 @@ impl OrderRepository {
         publisher: Arc<Publisher>,
         settings: &infra::Settings,
     ) -> anyhow::Result<Self> {
+        // Tables are qualified with the keyspace: prepared statements must not depend on `USE`.
+        let keyspace = settings.cql.keyspace.clone();
         let prepare = |cql: &'static str| {
             let session = session.clone();
+            let cql = cql
+                .replace(" aggregates ", &format!(" {keyspace}.aggregates "))
+                .replace(" publish_intents ", &format!(" {keyspace}.publish_intents "));
             async move {
                 session
-                    .prepare(cql)
+                    .prepare(cql.clone())
                     .await
                     .map_err(|e| anyhow::anyhow!("preparing {cql}: {e}"))
             }
@@ -365,6 +370,10 @@ impl OrderRepository {
             return Err(OrderError::AlreadyPlaced.into());
         }
 
+        // Refuse up front while Kafka is known to be down: nothing is written for a refused
+        // command, and it does not wait for a produce that cannot succeed.
+        self.publisher.check_available().await?;
+
         // 2. A batch committed by a writer that did not live to publish it goes first.
         if head.has_unpublished() {
             self.publisher
@@ -426,9 +435,6 @@ impl OrderRepository {
             );
             prune_recent(&mut recent, self.keys_per_aggregate);
         }
-
-        // Refuse up front while Kafka is known to be down: nothing is written for a refused command.
-        self.publisher.check_available().await?;
 
         // 4. Intent first, then the LWT.
         let bucket = bucket_of(now);
