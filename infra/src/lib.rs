@@ -4,9 +4,10 @@
 //! [`kafka`] builds producers, consumers and the admin client with the project's delivery guarantees;
 //! [`cql`] opens the CQL session and applies the versioned [`migrations`]; [`http`] holds the
 //! problem+json error, the JSON extractor, health, readiness and metrics routes that both APIs and
-//! the projector serve.
+//! the projector serve; [`export`] writes the event stream out for analysts.
 
 pub mod cql;
+pub mod export;
 pub mod http;
 pub mod kafka;
 pub mod migrations;

@@ -30,6 +30,21 @@ enum Command {
     Migrate,
     /// Create the event and dead-letter topics, growing partitions to the configured count.
     Topics,
+    /// Write the event stream as JSON lines (to stdout or a file), with progress on stderr.
+    Export {
+        /// Start at the first event at or after this time (RFC 3339); default: the beginning.
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only the events of this aggregate.
+        #[arg(long)]
+        aggregate: Option<uuid::Uuid>,
+        /// Keep tailing new events instead of stopping at the end.
+        #[arg(long)]
+        follow: bool,
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -76,6 +91,34 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Topics => infra::kafka::ensure_topics(&settings.kafka).await,
+        Command::Export {
+            from,
+            aggregate,
+            follow,
+            out,
+        } => {
+            let kafka = settings.kafka.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let request = infra::export::ExportRequest {
+                    from,
+                    aggregate_id: aggregate,
+                    follow,
+                    progress: out.is_some(),
+                };
+                let mut sink: Box<dyn std::io::Write> = match &out {
+                    Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                    None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+                };
+                let report = infra::export::export(&kafka, &request, &mut sink)?;
+                eprintln!(
+                    "exported {} events ({} read, {} not envelopes)",
+                    report.written, report.read, report.skipped
+                );
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.into()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
