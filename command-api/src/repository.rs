@@ -166,7 +166,10 @@ impl OrderRepository {
             let session = session.clone();
             let cql = cql
                 .replace(" aggregates ", &format!(" {keyspace}.aggregates "))
-                .replace(" publish_intents ", &format!(" {keyspace}.publish_intents "));
+                .replace(
+                    " publish_intents ",
+                    &format!(" {keyspace}.publish_intents "),
+                );
             async move {
                 session
                     .prepare(cql.clone())

@@ -4,7 +4,11 @@
 //! - [`settings`]: the stack's settings with a fresh topic, so each test reads only its own events;
 //! - [`CommandApi`]: an in-process command API on port 0, or the real binary as a child process;
 //! - [`read_topic`]: every record of a topic, with headers, up to its end offsets;
-//! - [`dev`]: `infra/dev` sub-commands (stop and start a part) for failure tests.
+//! - [`dev`]: `infra/dev` sub-commands (stop and start a part) for failure tests;
+//! - [`Keyspace`]: a migrated keyspace of the test's own, its read-model rows, and [`Keyspace::drain`]
+//!   (wait until the projector's stored offsets reach the topic's end);
+//! - [`Projector`]: the projector in process, or the real binary as a child process (SIGKILL);
+//! - [`QueryApi`]: an in-process query API on port 0.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,8 +40,9 @@ pub async fn settings_with_fresh_topic(label: &str) -> anyhow::Result<Settings> 
 
 /// Where cargo put the service binaries next to this test executable.
 pub fn bin_dir() -> PathBuf {
+    // `infra/dev test` exports the binaries' folder (`<target>/<profile>`).
     if let Ok(dir) = std::env::var("CQRS_TARGET_DIR") {
-        let candidate = PathBuf::from(dir).join("debug");
+        let candidate = PathBuf::from(dir);
         if candidate.join("command-api").exists() {
             return candidate;
         }
@@ -387,4 +392,403 @@ pub fn dev(args: &[&str]) -> anyhow::Result<()> {
         bail!("infra/dev {args:?} failed: {status}");
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The read side: a keyspace of the test's own, the projector and query-api in process or as child
+// processes, and deterministic waits on the projector's stored offsets.
+// ---------------------------------------------------------------------------------------------
+
+/// The projections the projector runs, with the tables each owns (`<base>_g<generation>`).
+pub const PROJECTIONS: [(&str, &[&str]); 2] = [
+    (
+        "orders",
+        &["order_detail", "orders_by_customer", "sales_by_day"],
+    ),
+    ("order_history", &["order_events"]),
+];
+
+/// A CQL keyspace of the test's own (`test_rs_<uuid>`), migrated, so projections, offsets and
+/// generations of one test never meet another's. Drop it with [`Keyspace::drop_keyspace`].
+pub struct Keyspace {
+    pub name: String,
+    /// A session whose current keyspace is this one.
+    pub session: std::sync::Arc<scylla::client::session::Session>,
+}
+
+impl Keyspace {
+    /// Point `settings` at a fresh keyspace and run the migrations on it.
+    pub async fn fresh(settings: &mut Settings) -> anyhow::Result<Self> {
+        settings.cql.keyspace = format!("test_rs_{}", Uuid::new_v4().simple());
+        // The test's own session waits longer than the services do: schema changes and whole
+        // table reads while the other tests load the same node.
+        let mut cql = settings.cql.clone();
+        cql.request_timeout_ms = 60_000;
+        let admin = infra::cql::connect(&cql).await?;
+        infra::migrations::run(&admin, &cql).await?;
+        let session = infra::cql::connect_keyspace(&cql).await?;
+        Ok(Self {
+            name: settings.cql.keyspace.clone(),
+            session,
+        })
+    }
+
+    pub async fn drop_keyspace(self) -> anyhow::Result<()> {
+        self.session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", self.name), ())
+            .await?;
+        Ok(())
+    }
+
+    /// The `projections` row of `name`: (active generation, building generation).
+    pub async fn generations(&self, name: &str) -> anyhow::Result<Option<(i32, Option<i32>)>> {
+        let row = self
+            .session
+            .query_unpaged(
+                "SELECT active_generation, building_generation FROM projections WHERE name = ?",
+                (name,),
+            )
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<i32>, Option<i32>)>()?;
+        Ok(row.map(|(active, building)| (active.unwrap_or(1), building)))
+    }
+
+    /// The stored next offsets of one generation of a projection on `topic`.
+    pub async fn offsets(
+        &self,
+        projection: &str,
+        generation: i32,
+        topic: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<i32, i64>> {
+        let rows = self
+            .session
+            .query_unpaged(
+                "SELECT partition, next_offset FROM projection_offsets \
+                 WHERE projection = ? AND generation = ? AND topic = ?",
+                (projection, generation, topic),
+            )
+            .await?
+            .into_rows_result()?;
+        let mut offsets = std::collections::BTreeMap::new();
+        for row in rows.rows::<(i32, Option<i64>)>()? {
+            let (partition, next) = row?;
+            if let Some(next) = next {
+                offsets.insert(partition, next);
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// Every row of a table, each rendered as text (all columns, in table order), sorted: two
+    /// generations of a table hold the same rows exactly when these lists are equal.
+    pub async fn table_rows(&self, table: &str) -> anyhow::Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let pager = self
+            .session
+            .query_iter(format!("SELECT * FROM {table}"), ())
+            .await
+            .with_context(|| format!("reading {table}"))?;
+        let mut rows: Vec<String> = pager
+            .rows_stream::<scylla::value::Row>()?
+            .map_ok(|row| format!("{:?}", row.columns))
+            .try_collect()
+            .await?;
+        rows.sort();
+        Ok(rows)
+    }
+
+    /// Wait until every projection's active generation has applied the topic up to its end
+    /// offsets as they are now (its `projection_offsets` reach the high watermarks). No sleeping
+    /// in the blind: it returns as soon as the stored offsets say so.
+    pub async fn drain(&self, settings: &Settings, timeout: Duration) -> anyhow::Result<()> {
+        let ends = end_offsets(settings, &settings.kafka.topic).await?;
+        let start = Instant::now();
+        loop {
+            let mut behind = Vec::new();
+            for (projection, _) in PROJECTIONS {
+                let Some((generation, _)) = self.generations(projection).await? else {
+                    behind.push(format!("{projection}: not registered"));
+                    continue;
+                };
+                let stored = self
+                    .offsets(projection, generation, &settings.kafka.topic)
+                    .await?;
+                for (partition, end) in &ends {
+                    let next = stored.get(partition).copied().unwrap_or(0);
+                    if *end > 0 && next < *end {
+                        behind.push(format!(
+                            "{projection} g{generation} p{partition}: {next} < {end}"
+                        ));
+                    }
+                }
+            }
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("not drained within {timeout:?}: {behind:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `projection` is served from `generation`.
+    pub async fn wait_active(
+        &self,
+        projection: &str,
+        generation: i32,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        eventually(
+            timeout,
+            &format!("{projection} switching to g{generation}"),
+            || async {
+                Ok(self
+                    .generations(projection)
+                    .await?
+                    .filter(|(active, _)| *active == generation)
+                    .map(|_| ()))
+            },
+        )
+        .await
+    }
+}
+
+/// Every partition's high watermark (the offset the next record will get).
+pub async fn end_offsets(
+    settings: &Settings,
+    topic: &str,
+) -> anyhow::Result<std::collections::BTreeMap<i32, i64>> {
+    let config = infra::kafka::base_config(&settings.kafka);
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create()?;
+        let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut ends = std::collections::BTreeMap::new();
+        for partition in metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let (_, high) = client.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            ends.insert(partition, high);
+        }
+        Ok(ends)
+    })
+    .await?
+}
+
+/// A projector under test: in this process (stopped gracefully), or the real binary as a child
+/// process (killed with SIGKILL).
+pub struct Projector {
+    /// Its ops endpoints (`/healthz`, `/metrics`); only known for a child process.
+    pub addr: Option<SocketAddr>,
+    /// Where a child process writes its logs.
+    pub log: Option<PathBuf>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    child: Option<Child>,
+}
+
+impl Projector {
+    /// `projector::run` in this process (ops endpoints on a free port).
+    pub fn spawn(settings: &Settings) -> Self {
+        let mut settings = settings.clone();
+        settings.projector.addr = "127.0.0.1:0".into();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(projector::run(settings, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr: None,
+            log: None,
+            stop: Some(tx),
+            task: Some(task),
+            child: None,
+        }
+    }
+
+    /// The real binary (`bin_dir()/projector`) as a child process on the test's keyspace and
+    /// topics, with extra `APP_…` variables; returns once its `/healthz` answers.
+    pub async fn spawn_process(
+        settings: &Settings,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let binary = bin_dir().join("projector");
+        if !binary.exists() {
+            bail!(
+                "{} is missing: build it first (cargo build -p projector, or infra/dev up)",
+                binary.display()
+            );
+        }
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let log = std::env::temp_dir().join(format!(
+            "projector-{}-{}.log",
+            settings.cql.keyspace,
+            Uuid::now_v7().simple()
+        ));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(binary);
+        cmd.env("APP_CQL__KEYSPACE", &settings.cql.keyspace)
+            .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
+            .env(
+                "APP_KAFKA__DEAD_LETTER_TOPIC",
+                &settings.kafka.dead_letter_topic,
+            )
+            .env("APP_PROJECTOR__ADDR", addr.to_string())
+            .env("APP_TELEMETRY__FORMAT", "json")
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("starting the projector binary")?;
+        let projector = Self {
+            addr: Some(addr),
+            log: Some(log),
+            stop: None,
+            task: None,
+            child: Some(child),
+        };
+        let http = client();
+        eventually(
+            Duration::from_secs(30),
+            "the projector serving /healthz",
+            || {
+                let http = http.clone();
+                async move {
+                    let r = http.get(format!("http://{addr}/healthz")).send().await?;
+                    Ok(r.status().is_success().then_some(()))
+                }
+            },
+        )
+        .await?;
+        Ok(projector)
+    }
+
+    /// The value of a counter or gauge on a child process's `/metrics` (summed over the lines
+    /// whose labels contain `label`), 0 when absent.
+    pub async fn metric(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        let Some(addr) = self.addr else {
+            bail!("metrics are only scraped from a child process");
+        };
+        let text = client()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// SIGKILL a child process (no goodbye: no offsets written, no group left).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop: gracefully in process, SIGKILL for a child process.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .context("the projector did not stop within 60 s")???;
+        }
+        self.kill();
+        Ok(())
+    }
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A query API in this process, on a free port.
+pub struct QueryApi {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl QueryApi {
+    pub async fn spawn(settings: &Settings) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(query_api::serve(listener, settings.clone(), async {
+            let _ = rx.await;
+        }));
+        let api = Self {
+            addr,
+            http: client(),
+            stop: Some(tx),
+            task: Some(task),
+        };
+        eventually(
+            Duration::from_secs(30),
+            "query-api serving /healthz",
+            || async {
+                let r = api.http.get(api.url("/healthz")).send().await?;
+                Ok(r.status().is_success().then_some(()))
+            },
+        )
+        .await?;
+        Ok(api)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Wait until the read models can be read (the projector created their tables): an unknown
+    /// order answers 404 rather than 503.
+    pub async fn wait_read_models(&self, timeout: Duration) -> anyhow::Result<()> {
+        eventually(timeout, "query-api reading the read models", || async {
+            let r = self.get(&format!("/v1/orders/{}", Uuid::nil())).await?;
+            Ok((r.status == 404).then_some(()))
+        })
+        .await
+    }
+
+    /// `GET path`; status, headers and body as JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        Reply::from(self.http.get(self.url(path)).send().await?).await
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .context("query-api did not stop within 30 s")???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for QueryApi {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
 }

@@ -459,11 +459,14 @@ impl ProjectionWriter for OrdersWriter {
         let Some(fold) = fold(current, aggregate) else {
             return Ok(());
         };
+        // The detail row's version is what marks these events applied (a replay folds only
+        // events newer than it), so it is written last: a crash or a failed write before it
+        // leaves the events to be applied again, never the other tables behind for good.
         futures::try_join!(
-            self.write_detail(&fold.row),
             self.write_by_customer(&fold.row),
             self.write_sales(&fold.row, &fold.sales),
         )?;
+        self.write_detail(&fold.row).await?;
         Ok(())
     }
 }

@@ -1,6 +1,9 @@
 //! Tests that stop parts of the shared stack. They run one at a time (a process-wide lock) and
 //! restart what they stopped, so the stack is whole again afterwards.
 
+// A test binary: helpers may panic like the tests they serve.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod outages;
 
 /// Serializes the tests of this binary: each one takes a part of the stack away.
