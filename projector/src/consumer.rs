@@ -50,9 +50,10 @@ pub struct Shared {
     pub dead_letters: DeadLetters,
 }
 
-/// The consumer group of a projection generation.
-pub fn group_id(projection: &str, generation: i32) -> String {
-    format!("projection.{projection}.g{generation}")
+/// The consumer group of a projection generation. The keyspace is part of it: two deployments
+/// (or test runs) sharing a Kafka cluster but not a keyspace must not share partitions.
+pub fn group_id(keyspace: &str, projection: &str, generation: i32) -> String {
+    format!("projection.{keyspace}.{projection}.g{generation}")
 }
 
 /// A running consumer.
@@ -141,7 +142,11 @@ impl Worker {
     }
 
     fn run(self) -> anyhow::Result<()> {
-        let group = group_id(self.projection, self.generation);
+        let group = group_id(
+            &self.shared.settings.cql.keyspace,
+            self.projection,
+            self.generation,
+        );
         let context = Rebalance {
             runtime: self.runtime.clone(),
             offsets: self.offsets.clone(),
@@ -502,10 +507,11 @@ mod tests {
 
     #[test]
     fn each_generation_of_a_projection_has_its_own_consumer_group() {
-        assert_eq!(group_id("orders", 1), "projection.orders.g1");
+        assert_eq!(group_id("orders", "orders", 1), "projection.orders.orders.g1");
         assert_eq!(
-            group_id("order_history", 12),
-            "projection.order_history.g12"
+            group_id("orders", "order_history", 12),
+            "projection.orders.order_history.g12"
         );
+        assert_ne!(group_id("a", "orders", 1), group_id("b", "orders", 1));
     }
 }
