@@ -22,6 +22,8 @@ pub struct Publisher {
     probe: Arc<BaseConsumer>,
     topic: String,
     partitions: AtomicI32,
+    /// The longest a publication may wait for its acknowledgements.
+    timeout: Duration,
     /// Set when a produce failed; cleared by the next success. While set, commands check that a
     /// broker answers before they write anything, so a Kafka outage refuses commands up front.
     degraded: AtomicBool,
@@ -39,6 +41,7 @@ impl Publisher {
             probe: Arc::new(probe),
             topic: settings.topic.clone(),
             partitions: AtomicI32::new(partitions),
+            timeout: settings.message_timeout(),
             degraded: AtomicBool::new(false),
         })
     }
@@ -110,8 +113,17 @@ impl Publisher {
                 Err((e, _)) => return Err(self.failed(e.to_string())),
             }
         }
-        for delivery in deliveries {
-            match delivery.await {
+        // librdkafka enforces `message.timeout.ms` only loosely while a broker is going away
+        // (in-flight requests wait for their own timeout); the bound promised to clients is ours.
+        let all = futures::future::join_all(deliveries);
+        let Ok(results) = tokio::time::timeout(self.timeout, all).await else {
+            return Err(self.failed(format!(
+                "no acknowledgement within {} ms",
+                self.timeout.as_millis()
+            )));
+        };
+        for result in results {
+            match result {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => return Err(self.failed(e.to_string())),
                 Err(_) => return Err(self.failed("producer dropped the delivery".into())),

@@ -9,8 +9,11 @@
 //!    state, version, the batch as `pending` and the idempotency key's answer; a lost race reloads
 //!    and retries a bounded number of times, then 409;
 //! 5. produce the batch (acks=all, idempotent) to the partition stored in the row;
-//! 6. answer; marking the batch published and dropping the intent happen off the request path
-//!    (a crash there only causes a harmless republication).
+//! 6. answer; marking the intent published happens off the request path (a crash there only
+//!    causes a harmless republication).
+//!
+//! The sweeper reads each 5-second bucket of intents once, after its writers had time to finish,
+//! and republishes the batches still marked unpublished whose LWT did apply.
 //!
 //! cqrs-es's `CqrsFramework` is not used: its `EventStore` has no place for the idempotency answer,
 //! the `If-Match` precondition or the sticky partition, all of which must commit in the same LWT.
@@ -99,14 +102,15 @@ pub struct Head {
     pub state: Order,
     pub partition: i32,
     pub pending: Vec<EventEnvelope>,
-    pub published_version: i64,
+    /// Kafka acknowledged `pending` (as recorded on its intent).
+    pub pending_published: bool,
     pub recent: HashMap<String, String>,
 }
 
 impl Head {
     /// The last batch is committed but not known to be in Kafka.
     pub fn has_unpublished(&self) -> bool {
-        !self.pending.is_empty() && self.published_version < self.version
+        !self.pending.is_empty() && !self.pending_published
     }
 }
 
@@ -134,8 +138,10 @@ struct Statements {
     update: PreparedStatement,
     mark_published: PreparedStatement,
     insert_intent: PreparedStatement,
-    delete_intent: PreparedStatement,
+    intent_published: PreparedStatement,
     select_intents: PreparedStatement,
+    load_progress: PreparedStatement,
+    save_progress: PreparedStatement,
 }
 
 pub struct OrderRepository {
@@ -169,6 +175,10 @@ impl OrderRepository {
                 .replace(
                     " publish_intents ",
                     &format!(" {keyspace}.publish_intents "),
+                )
+                .replace(
+                    " sweeper_progress ",
+                    &format!(" {keyspace}.sweeper_progress "),
                 );
             async move {
                 session
@@ -179,7 +189,7 @@ impl OrderRepository {
         };
         let statements = Statements {
             load: prepare(
-                "SELECT version, state, partition, pending, published_version, recent_commands \
+                "SELECT version, state, partition, pending, recent_commands \
                  FROM aggregates WHERE tenant_id = ? AND aggregate_type = ? AND aggregate_id = ?",
             )
             .await?,
@@ -195,10 +205,9 @@ impl OrderRepository {
                  IF version = ?",
             )
             .await?,
-            // Written without LWT, timestamped with the version itself: it can only move forward.
             mark_published: prepare(
-                "UPDATE aggregates USING TIMESTAMP ? SET published_version = ? \
-                 WHERE tenant_id = ? AND aggregate_type = ? AND aggregate_id = ?",
+                "UPDATE publish_intents SET published = true WHERE tenant_id = ? AND bucket = ? \
+                 AND aggregate_type = ? AND aggregate_id = ? AND version = ?",
             )
             .await?,
             insert_intent: prepare(
@@ -206,14 +215,21 @@ impl OrderRepository {
                  version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             )
             .await?,
-            delete_intent: prepare(
-                "DELETE FROM publish_intents WHERE tenant_id = ? AND bucket = ? \
+            intent_published: prepare(
+                "SELECT published FROM publish_intents WHERE tenant_id = ? AND bucket = ? \
                  AND aggregate_type = ? AND aggregate_id = ? AND version = ?",
             )
             .await?,
             select_intents: prepare(
-                "SELECT aggregate_type, aggregate_id, version, created_at FROM publish_intents \
+                "SELECT aggregate_type, aggregate_id, version, published FROM publish_intents \
                  WHERE tenant_id = ? AND bucket = ?",
+            )
+            .await?,
+            load_progress: prepare("SELECT swept_until FROM sweeper_progress WHERE tenant_id = ?")
+                .await?,
+            // Timestamped with the position itself: racing sweepers can only move it forward.
+            save_progress: prepare(
+                "UPDATE sweeper_progress USING TIMESTAMP ? SET swept_until = ? WHERE tenant_id = ?",
             )
             .await?,
         };
@@ -269,7 +285,6 @@ impl OrderRepository {
             Option<String>,
             Option<i32>,
             Option<String>,
-            Option<i64>,
             Option<HashMap<String, String>>,
         );
         let result = self
@@ -283,7 +298,7 @@ impl OrderRepository {
         let row = rows
             .maybe_first_row::<RowT>()
             .map_err(|e| CommandError::Internal(e.to_string()))?;
-        let Some((version, state, partition, pending, published, recent)) = row else {
+        let Some((version, state, partition, pending, recent)) = row else {
             return Ok(None);
         };
         let state: Order = serde_json::from_str(state.as_deref().unwrap_or("{}"))
@@ -293,14 +308,48 @@ impl OrderRepository {
                 .map_err(|e| CommandError::Internal(format!("pending batch of {id}: {e}")))?,
             _ => Vec::new(),
         };
+        let version = version.unwrap_or(0);
+        let pending_published = match pending.last() {
+            Some(last) => {
+                self.intent_is_published(id, last.occurred_at, version)
+                    .await?
+            }
+            None => true,
+        };
         Ok(Some(Head {
-            version: version.unwrap_or(0),
+            version,
             state,
             partition: partition.unwrap_or(0),
             pending,
-            published_version: published.unwrap_or(0),
+            pending_published,
             recent: recent.unwrap_or_default(),
         }))
+    }
+
+    /// Whether the intent of the batch ending at `version` (written at `at`) is marked published.
+    /// A missing intent (expired) counts as unpublished: republishing is always safe.
+    async fn intent_is_published(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        version: i64,
+    ) -> Result<bool, CommandError> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.intent_published,
+                (&self.tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
+            )
+            .await
+            .map_err(cql_unavailable)?;
+        let published = result
+            .into_rows_result()
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .maybe_first_row::<(Option<bool>,)>()
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .and_then(|(p,)| p)
+            .unwrap_or(false);
+        Ok(published)
     }
 
     /// Run one command through the write path.
@@ -353,7 +402,7 @@ impl OrderRepository {
                 state: Order::default(),
                 partition: self.publisher.partition_for(id),
                 pending: Vec::new(),
-                published_version: 0,
+                pending_published: true,
                 recent: HashMap::new(),
             },
             None => return Err(CommandError::NotFound(id)),
@@ -384,7 +433,7 @@ impl OrderRepository {
                 .await?;
             metrics::counter!("command_pending_republished_total").increment(1);
             self.after_publish(id, &head.pending, head.version);
-            head.published_version = head.version;
+            head.pending_published = true;
             self.remember(id, head.clone());
         }
 
@@ -492,7 +541,7 @@ impl OrderRepository {
             state,
             partition: head.partition,
             pending: batch,
-            published_version: head.published_version,
+            pending_published: false,
             recent,
         };
         self.remember(id, committed.clone());
@@ -520,7 +569,7 @@ impl OrderRepository {
         self.remember(
             id,
             Head {
-                published_version: new_version,
+                pending_published: true,
                 ..committed
             },
         );
@@ -549,114 +598,103 @@ impl OrderRepository {
         ))
     }
 
-    /// Record that the batch ending at `version` is in Kafka and drop its intent, in the background.
+    /// Record on its intent that the batch ending at `version` is in Kafka, in the background.
     fn after_publish(&self, id: Uuid, batch: &[EventEnvelope], version: i64) {
+        let Some(bucket) = batch.last().map(|e| bucket_of(e.occurred_at)) else {
+            return;
+        };
         let session = self.session.clone();
         let mark = self.statements.mark_published.clone();
-        let delete = self.statements.delete_intent.clone();
         let tenant = self.tenant.clone();
-        let bucket = batch.last().map(|e| bucket_of(e.occurred_at));
         tokio::spawn(async move {
             if let Err(e) = session
-                .execute_unpaged(&mark, (version, version, &tenant, ORDER_AGGREGATE, id))
+                .execute_unpaged(&mark, (&tenant, bucket, ORDER_AGGREGATE, id, version))
                 .await
             {
                 tracing::warn!(order_id = %id, error = %e, "marking a batch published failed");
-                return;
-            }
-            if let Some(bucket) = bucket {
-                if let Err(e) = session
-                    .execute_unpaged(&delete, (&tenant, bucket, ORDER_AGGREGATE, id, version))
-                    .await
-                {
-                    tracing::debug!(order_id = %id, error = %e, "dropping an intent failed");
-                }
             }
         });
     }
 
-    /// One sweeper pass over the intent buckets between `lookback` and `grace` ago: republish
-    /// every batch that is committed but not known published. Returns the batches republished.
+    /// One sweeper pass: every bucket of intents from where the sweepers stopped (at most
+    /// `lookback_minutes` ago) up to `grace` ago is read once; each batch still unpublished whose
+    /// LWT applied is published. Returns the batches republished.
     pub async fn sweep(
         &self,
         grace: std::time::Duration,
         lookback_minutes: u32,
     ) -> Result<usize, CommandError> {
         let now = Utc::now();
-        let cutoff = now - TimeDelta::from_std(grace).unwrap_or(TimeDelta::seconds(10));
+        let horizon = now - TimeDelta::from_std(grace).unwrap_or(TimeDelta::seconds(10));
+        let oldest = bucket_of(now - TimeDelta::minutes(i64::from(lookback_minutes)));
+        let progress = self.sweep_progress().await?;
+        let mut bucket = progress.map_or(oldest, |p| bucket_of(p).max(oldest));
         let mut republished = 0;
-        for minutes_ago in (0..=lookback_minutes as i64).rev() {
-            let bucket = bucket_of(now - TimeDelta::minutes(minutes_ago));
-            let result = self
-                .session
-                .execute_unpaged(&self.statements.select_intents, (&self.tenant, bucket))
+        // Only whole buckets that ended before the horizon: no writer of theirs is still running.
+        while bucket + bucket_length() <= horizon {
+            republished += self.sweep_bucket(bucket).await?;
+            bucket += bucket_length();
+            self.session
+                .execute_unpaged(
+                    &self.statements.save_progress,
+                    (bucket.timestamp_micros(), bucket, &self.tenant),
+                )
                 .await
                 .map_err(cql_unavailable)?;
-            let rows = result
-                .into_rows_result()
-                .map_err(|e| CommandError::Internal(e.to_string()))?;
-            let intents: Vec<(String, Uuid, i64, DateTime<Utc>)> = rows
-                .rows::<(String, Uuid, i64, DateTime<Utc>)>()
-                .map_err(|e| CommandError::Internal(e.to_string()))?
-                .filter_map(Result::ok)
-                .collect();
-            for (aggregate_type, id, version, created_at) in intents {
-                if aggregate_type != ORDER_AGGREGATE || created_at > cutoff {
-                    continue;
-                }
-                let _turn = self.locks[stripe(id)].lock().await;
-                let head = self.load(id).await?;
-                match head {
-                    Some(head) if head.has_unpublished() && head.version >= version => {
-                        self.publisher
-                            .publish(head.partition, &head.pending)
-                            .await?;
-                        metrics::counter!("sweeper_republished_total").increment(1);
-                        tracing::info!(order_id = %id, version = head.version, "sweeper republished a batch");
-                        republished += 1;
-                        self.forget(id);
-                        self.mark_and_drop(id, head.version, bucket, version)
-                            .await?;
-                    }
-                    // Published already, superseded, or its LWT never applied: the intent is done.
-                    _ => self.drop_intent(id, bucket, version).await?,
-                }
-            }
         }
         Ok(republished)
     }
 
-    async fn mark_and_drop(
-        &self,
-        id: Uuid,
-        published: i64,
-        bucket: DateTime<Utc>,
-        version: i64,
-    ) -> Result<(), CommandError> {
-        self.session
-            .execute_unpaged(
-                &self.statements.mark_published,
-                (published, published, &self.tenant, ORDER_AGGREGATE, id),
-            )
+    async fn sweep_progress(&self) -> Result<Option<DateTime<Utc>>, CommandError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.load_progress, (&self.tenant,))
             .await
             .map_err(cql_unavailable)?;
-        self.drop_intent(id, bucket, version).await
+        Ok(result
+            .into_rows_result()
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .maybe_first_row::<(Option<DateTime<Utc>>,)>()
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .and_then(|(p,)| p))
     }
 
-    async fn drop_intent(
-        &self,
-        id: Uuid,
-        bucket: DateTime<Utc>,
-        version: i64,
-    ) -> Result<(), CommandError> {
-        self.session
-            .execute_unpaged(
-                &self.statements.delete_intent,
-                (&self.tenant, bucket, ORDER_AGGREGATE, id, version),
-            )
+    async fn sweep_bucket(&self, bucket: DateTime<Utc>) -> Result<usize, CommandError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_intents, (&self.tenant, bucket))
             .await
             .map_err(cql_unavailable)?;
-        Ok(())
+        let intents: Vec<(String, Uuid, i64, Option<bool>)> = result
+            .into_rows_result()
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .rows::<(String, Uuid, i64, Option<bool>)>()
+            .map_err(|e| CommandError::Internal(e.to_string()))?
+            .filter_map(Result::ok)
+            .collect();
+        let mut republished = 0;
+        for (aggregate_type, id, version, published) in intents {
+            if aggregate_type != ORDER_AGGREGATE || published == Some(true) {
+                continue;
+            }
+            let _turn = self.locks[stripe(id)].lock().await;
+            // The row tells whether this intent's LWT applied and whether its batch is still the
+            // pending one (a later batch means a later writer published this one first).
+            let Some(head) = self.load(id).await? else {
+                continue;
+            };
+            if head.version == version && head.has_unpublished() {
+                self.publisher
+                    .publish(head.partition, &head.pending)
+                    .await?;
+                metrics::counter!("sweeper_republished_total").increment(1);
+                tracing::info!(order_id = %id, version, "sweeper republished a batch");
+                self.after_publish(id, &head.pending, version);
+                self.forget(id);
+                republished += 1;
+            }
+        }
+        Ok(republished)
     }
 }
 
@@ -669,9 +707,13 @@ fn stripe(id: Uuid) -> usize {
     (id.as_u128() as u64 % LOCK_STRIPES as u64) as usize
 }
 
-/// Intents are grouped by the minute they were written in.
+/// Intents are grouped by the 5-second span they were written in.
+fn bucket_length() -> TimeDelta {
+    TimeDelta::seconds(5)
+}
+
 fn bucket_of(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
+    t.duration_trunc(bucket_length()).unwrap_or(t)
 }
 
 /// Keep the `keep` most recent idempotency answers (by the version they produced).
@@ -722,11 +764,11 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_whole_minutes() {
+    fn buckets_are_whole_five_second_spans() {
         let t = DateTime::parse_from_rfc3339("2026-11-27T10:11:12.345Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert_eq!(bucket_of(t).to_rfc3339(), "2026-11-27T10:11:00+00:00");
+        assert_eq!(bucket_of(t).to_rfc3339(), "2026-11-27T10:11:10+00:00");
     }
 
     #[test]
@@ -748,11 +790,11 @@ mod tests {
             state: Order::default(),
             partition: 0,
             pending: vec![env],
-            published_version: 2,
+            pending_published: false,
             recent: HashMap::new(),
         };
         assert!(head.has_unpublished());
-        head.published_version = 3;
+        head.pending_published = true;
         assert!(!head.has_unpublished());
     }
 

@@ -507,7 +507,10 @@ mod tests {
 
     #[test]
     fn each_generation_of_a_projection_has_its_own_consumer_group() {
-        assert_eq!(group_id("orders", "orders", 1), "projection.orders.orders.g1");
+        assert_eq!(
+            group_id("orders", "orders", 1),
+            "projection.orders.orders.g1"
+        );
         assert_eq!(
             group_id("orders", "order_history", 12),
             "projection.orders.order_history.g12"

@@ -92,6 +92,7 @@ impl CommandApi {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut cmd = Command::new(bin_dir().join("command-api"));
         cmd.env("APP_COMMAND_API__ADDR", addr.to_string())
+            .env("APP_CQL__KEYSPACE", &settings.cql.keyspace)
             .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
             .env(
                 "APP_KAFKA__DEAD_LETTER_TOPIC",

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tests::{dev, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi};
+use tests::{
+    dev, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi, Keyspace,
+};
 
 /// Restarts the part when dropped, so a failing assertion does not leave the stack broken.
 struct Restart(&'static str);
@@ -18,7 +20,9 @@ impl Drop for Restart {
 #[tokio::test]
 async fn with_kafka_stopped_commands_answer_503_and_nothing_acknowledged_is_lost() {
     let _stack = crate::STACK.lock().await;
-    let settings = settings_with_fresh_topic("kafka-outage").await.unwrap();
+    let mut settings = settings_with_fresh_topic("kafka-outage").await.unwrap();
+    // A keyspace of its own: no other test's sweeper may publish this test's batches elsewhere.
+    let keyspace = Keyspace::fresh(&mut settings).await.unwrap();
     let api = CommandApi::spawn(settings.clone()).await.unwrap();
     let order = api.place_order().await.unwrap();
     let mut acknowledged = vec![1u64];
@@ -90,12 +94,15 @@ async fn with_kafka_stopped_commands_answer_503_and_nothing_acknowledged_is_lost
     assert!(sweeper_done.is_ok(), "{sweeper_done:?}");
     assert_eq!(acknowledged, (1..=version).collect::<Vec<_>>());
     api.stop().await.unwrap();
+    keyspace.drop_keyspace().await.unwrap();
 }
 
 #[tokio::test]
 async fn with_cql_stopped_readiness_fails_and_commands_answer_503() {
     let _stack = crate::STACK.lock().await;
-    let settings = settings_with_fresh_topic("cql-outage").await.unwrap();
+    let mut settings = settings_with_fresh_topic("cql-outage").await.unwrap();
+    // A keyspace of its own: no other test's sweeper may publish this test's batches elsewhere.
+    let keyspace = Keyspace::fresh(&mut settings).await.unwrap();
     let api = CommandApi::spawn(settings.clone()).await.unwrap();
     let order = api.place_order().await.unwrap();
 
@@ -145,4 +152,5 @@ async fn with_cql_stopped_readiness_fails_and_commands_answer_503() {
     .unwrap();
     assert_eq!(reply.body["version"], 2);
     api.stop().await.unwrap();
+    keyspace.drop_keyspace().await.unwrap();
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use tests::{eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi};
+use tests::{
+    eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi, Keyspace,
+};
 
 #[tokio::test]
 async fn fifty_concurrent_commands_on_one_order_get_distinct_contiguous_versions() {
@@ -110,7 +112,9 @@ async fn the_same_idempotency_key_twice_gives_the_same_answer_and_one_set_of_eve
 
 #[tokio::test]
 async fn a_command_aborted_after_its_lwt_is_published_by_the_sweeper() {
-    let settings = settings_with_fresh_topic("abort").await.unwrap();
+    let mut settings = settings_with_fresh_topic("abort").await.unwrap();
+    // A keyspace of its own: no other test's sweeper may publish this test's batches elsewhere.
+    let keyspace = Keyspace::fresh(&mut settings).await.unwrap();
     let healthy = CommandApi::spawn(settings.clone()).await.unwrap();
     let order = healthy.place_order().await.unwrap();
     healthy.stop().await.unwrap();
@@ -150,11 +154,14 @@ async fn a_command_aborted_after_its_lwt_is_published_by_the_sweeper() {
     .await
     .unwrap();
     sweeper.stop().await.unwrap();
+    keyspace.drop_keyspace().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_process_killed_after_its_lwt_loses_nothing() {
-    let settings = settings_with_fresh_topic("kill").await.unwrap();
+    let mut settings = settings_with_fresh_topic("kill").await.unwrap();
+    // A keyspace of its own: no other test's sweeper may publish this test's batches elsewhere.
+    let keyspace = Keyspace::fresh(&mut settings).await.unwrap();
     let healthy = CommandApi::spawn(settings.clone()).await.unwrap();
     let order = healthy.place_order().await.unwrap();
     healthy.stop().await.unwrap();
@@ -196,4 +203,5 @@ async fn a_process_killed_after_its_lwt_loses_nothing() {
     let records = read_topic(&settings, &settings.kafka.topic).await.unwrap();
     assert_eq!(sequences_of(&records, order).unwrap(), vec![1, 2, 3]);
     next.stop().await.unwrap();
+    keyspace.drop_keyspace().await.unwrap();
 }
