@@ -65,6 +65,17 @@ pub async fn connect_keyspace(settings: &Cql) -> anyhow::Result<Arc<Session>> {
     Ok(session)
 }
 
+/// How long a schema change may take: it waits for every node to agree, which under load takes
+/// far longer than a read or write.
+pub const SCHEMA_CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A schema statement (`CREATE`, `DROP`, `ALTER`) with the longer timeout schema changes need.
+pub fn schema_statement(cql: impl Into<String>) -> scylla::statement::unprepared::Statement {
+    let mut statement = scylla::statement::unprepared::Statement::new(cql.into());
+    statement.set_request_timeout(Some(SCHEMA_CHANGE_TIMEOUT));
+    statement
+}
+
 /// A query answered by the cluster: it is reachable.
 pub async fn ping(session: &Session) -> anyhow::Result<()> {
     session

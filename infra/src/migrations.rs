@@ -47,20 +47,20 @@ pub async fn run(session: &Session, settings: &Cql) -> anyhow::Result<Vec<i32>> 
     let ks = &settings.keyspace;
     session
         .query_unpaged(
-            format!(
+            crate::cql::schema_statement(format!(
                 "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {} AND durable_writes = true",
                 settings.replication
-            ),
+            )),
             &[],
         )
         .await
         .context("creating the keyspace")?;
     session
         .query_unpaged(
-            format!(
+            crate::cql::schema_statement(format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations \
                  (version int PRIMARY KEY, name text, applied_at timestamp)"
-            ),
+            )),
             &[],
         )
         .await
@@ -85,7 +85,7 @@ pub async fn run(session: &Session, settings: &Cql) -> anyhow::Result<Vec<i32>> 
         for statement in statements(source) {
             let statement = qualify(&statement, ks);
             session
-                .query_unpaged(statement.clone(), &[])
+                .query_unpaged(crate::cql::schema_statement(statement.clone()), &[])
                 .await
                 .with_context(|| format!("migration {version} ({name}): {statement}"))?;
         }

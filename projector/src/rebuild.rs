@@ -214,18 +214,30 @@ pub async fn rebuild_with(
     }
 
     tokio::time::sleep(options.grace).await;
-    registry.drop_tables(projection.as_ref(), previous).await?;
-    OffsetStore::new(
-        shared.session.clone(),
-        &keyspace,
-        name,
-        previous,
-        &topic_name,
-    )
-    .await?
-    .clear()
-    .await
-    .context("forgetting the old generation's offsets")?;
+    // The switch is done: failing to clean up the old generation must not report the rebuild as
+    // failed. Its tables only take space; say so and how to drop them.
+    let cleanup = async {
+        registry.drop_tables(projection.as_ref(), previous).await?;
+        OffsetStore::new(
+            shared.session.clone(),
+            &keyspace,
+            name,
+            previous,
+            &topic_name,
+        )
+        .await?
+        .clear()
+        .await
+        .context("forgetting the old generation's offsets")
+    };
+    if let Err(err) = cleanup.await {
+        tracing::warn!(
+            projection = name,
+            generation = previous,
+            error = %format!("{err:#}"),
+            "the old generation could not be dropped; drop its tables by hand (DROP TABLE <table>_g{previous})"
+        );
+    }
 
     let events = reached
         .iter()

@@ -162,7 +162,7 @@ impl Registry {
     ) -> anyhow::Result<()> {
         for ddl in projection.ddl(generation) {
             self.session
-                .query_unpaged(ddl.as_str(), ())
+                .query_unpaged(infra::cql::schema_statement(ddl.as_str()), ())
                 .await
                 .with_context(|| {
                     format!("creating tables of {} g{generation}", projection.name())
@@ -180,7 +180,10 @@ impl Registry {
         for base in projection.tables() {
             let name = qualified(&self.keyspace, base, generation);
             self.session
-                .query_unpaged(format!("DROP TABLE IF EXISTS {name}"), ())
+                .query_unpaged(
+                    infra::cql::schema_statement(format!("DROP TABLE IF EXISTS {name}")),
+                    (),
+                )
                 .await
                 .with_context(|| format!("dropping {name}"))?;
         }
