@@ -154,7 +154,9 @@ impl Worker {
             generation: self.generation,
             stop: self.stop.clone(),
             revoked: Mutex::new(Vec::new()),
+            rebalanced: Arc::new(AtomicBool::new(true)),
         };
+        let rebalanced = context.rebalanced.clone();
         let consumer: BaseConsumer<Rebalance> =
             infra::kafka::consumer_config(&self.shared.settings.kafka, &group)
                 .create_with_context(context)
@@ -167,6 +169,11 @@ impl Worker {
             let records = self.gather(&consumer);
             if records.is_empty() {
                 continue;
+            }
+            // Rebalances happen only inside `poll`, so between two batches: rows cached before
+            // one may have been moved on by another instance since.
+            if rebalanced.swap(false, Ordering::SeqCst) {
+                self.writer.forget_cached();
             }
             if self.runtime.block_on(self.process(records)).is_err() {
                 tracing::info!(
@@ -374,6 +381,8 @@ struct Rebalance {
     generation: i32,
     stop: Arc<AtomicBool>,
     revoked: Mutex<Vec<i32>>,
+    /// Set by every assignment change; the worker then empties its writer's row cache.
+    rebalanced: Arc<AtomicBool>,
 }
 
 impl Rebalance {
@@ -476,6 +485,7 @@ impl ConsumerContext for Rebalance {
         err: RDKafkaRespErr,
         partitions: &mut TopicPartitionList,
     ) {
+        self.rebalanced.store(true, Ordering::SeqCst);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(consumer, partitions)

@@ -66,6 +66,10 @@ pub trait ProjectionWriter: Send + Sync {
     /// the same events again, or older ones after newer ones, changes nothing.
     async fn apply_aggregate(&self, events: &AggregateEvents) -> Result<(), ApplyError>;
 
+    /// Drop whatever the writer remembers of rows it wrote: called on every rebalance, when
+    /// another instance may have written rows of the partitions this one gets back.
+    fn forget_cached(&self) {}
+
     /// Apply every aggregate of a batch, concurrently across aggregates; one result per
     /// aggregate, in the order given.
     async fn apply_batch(&self, batch: &[&AggregateEvents]) -> Vec<Result<(), ApplyError>> {

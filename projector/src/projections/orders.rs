@@ -281,12 +281,63 @@ impl Projection for Orders {
             ))
             .await?,
             session,
+            rows: RowCache::default(),
         }))
+    }
+}
+
+/// The rows this writer wrote last, so that folding the next events of an order needs no read.
+/// Valid only while this writer's consumer keeps its partitions: it is emptied on every
+/// rebalance ([`ProjectionWriter::forget_cached`]), since another instance may have moved a row
+/// on meanwhile.
+#[derive(Default)]
+struct RowCache(std::sync::Mutex<std::collections::HashMap<(String, Uuid), OrderRow>>);
+
+const ROW_CACHE_CAPACITY: usize = 50_000;
+
+impl RowCache {
+    fn get(&self, tenant_id: &str, order_id: Uuid) -> Option<OrderRow> {
+        let rows = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rows.get(&(tenant_id.to_string(), order_id)).cloned()
+    }
+
+    fn put(&self, row: OrderRow) {
+        let mut rows = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (row.tenant_id.clone(), row.order_id);
+        if rows.len() >= ROW_CACHE_CAPACITY && !rows.contains_key(&key) {
+            // Any entry will do: a miss costs one read.
+            if let Some(victim) = rows.keys().next().cloned() {
+                rows.remove(&victim);
+            }
+        }
+        rows.insert(key, row);
+    }
+
+    fn remove(&self, tenant_id: &str, order_id: Uuid) {
+        let mut rows = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rows.remove(&(tenant_id.to_string(), order_id));
+    }
+
+    fn clear(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 
 struct OrdersWriter {
     session: Arc<Session>,
+    rows: RowCache,
     select: PreparedStatement,
     upsert_detail: PreparedStatement,
     upsert_by_customer: PreparedStatement,
@@ -453,12 +504,19 @@ impl OrdersWriter {
 #[async_trait]
 impl ProjectionWriter for OrdersWriter {
     async fn apply_aggregate(&self, aggregate: &AggregateEvents) -> Result<(), ApplyError> {
-        let current = self
-            .load(&aggregate.tenant_id, aggregate.aggregate_id)
-            .await?;
-        let Some(fold) = fold(current, aggregate) else {
+        let (tenant, id) = (aggregate.tenant_id.as_str(), aggregate.aggregate_id);
+        let current = match self.rows.get(tenant, id) {
+            Some(row) => Some(row),
+            None => self.load(tenant, id).await?,
+        };
+        let Some(fold) = fold(current.clone(), aggregate) else {
+            if let Some(row) = current {
+                self.rows.put(row);
+            }
             return Ok(());
         };
+        // Until every write below succeeded, the stored row is the truth, not the cache.
+        self.rows.remove(tenant, id);
         // The detail row's version is what marks these events applied (a replay folds only
         // events newer than it), so it is written last: a crash or a failed write before it
         // leaves the events to be applied again, never the other tables behind for good.
@@ -467,7 +525,12 @@ impl ProjectionWriter for OrdersWriter {
             self.write_sales(&fold.row, &fold.sales),
         )?;
         self.write_detail(&fold.row).await?;
+        self.rows.put(fold.row);
         Ok(())
+    }
+
+    fn forget_cached(&self) {
+        self.rows.clear();
     }
 }
 
