@@ -39,6 +39,14 @@ pub struct App {
 impl App {
     /// Connect to CQL and Kafka and prepare the write path.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if settings.command_api.sweeper_grace_ms <= settings.cql.request_timeout_ms {
+            tracing::warn!(
+                sweeper_grace_ms = settings.command_api.sweeper_grace_ms,
+                cql_request_timeout_ms = settings.cql.request_timeout_ms,
+                "the sweeper grace is not above the CQL request timeout: a batch whose LWT is slow \
+                 and whose writer then dies may wait for the next command on its order"
+            );
+        }
         let session = infra::cql::connect_keyspace(&settings.cql).await?;
         let publisher = Arc::new(Publisher::new(&settings.kafka).await?);
         let repository =

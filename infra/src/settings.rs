@@ -174,7 +174,8 @@ impl Default for CommandApi {
             cache_capacity: 100_000,
             idempotency_keys_per_aggregate: 32,
             sweeper_interval_ms: 2_000,
-            sweeper_grace_ms: 3_000,
+            // Longer than a CQL request may take: an intent's LWT may still be in flight until then.
+            sweeper_grace_ms: 10_000,
             sweeper_lookback_minutes: 60,
             fault: "none".into(),
         }
