@@ -167,6 +167,12 @@ impl Worker {
         tracing::info!(projection = self.projection, generation = self.generation, %group, topic = %self.topic, "consumer started");
         while !self.stopping() {
             let records = self.gather(&consumer);
+            // Stopping: leave the batch to the next owner (it starts from the stored offsets).
+            // A partition assigned while stopping is positioned at its end, so a batch gathered
+            // now must never be applied and recorded.
+            if self.stopping() {
+                break;
+            }
             if records.is_empty() {
                 continue;
             }
@@ -198,7 +204,20 @@ impl Worker {
         let mut first_at: Option<Instant> = None;
         loop {
             let timeout = first_at.map_or(IDLE_POLL, |t| LINGER.saturating_sub(t.elapsed()));
-            match consumer.poll(timeout) {
+            let polled = consumer.poll(timeout);
+            // A rebalance runs inside `poll`: records gathered *before* it from partitions it took
+            // away must go (their next owner starts from the stored offset). A record this very
+            // poll returned comes from the assignment as it is now, so it is kept. Checked after
+            // every poll, idle ones included, so a revocation is never held over to drop records
+            // of a later assignment of the same partitions.
+            let revoked = consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                records.retain(|r| !revoked.contains(&r.partition));
+                if records.is_empty() {
+                    first_at = None;
+                }
+            }
+            match polled {
                 Some(Ok(message)) => {
                     records.push(Record::from_message(&message));
                     first_at.get_or_insert_with(Instant::now);
@@ -212,10 +231,6 @@ impl Worker {
                 }
                 None if first_at.is_none() => break,
                 None => {}
-            }
-            let revoked = consumer.context().take_revoked();
-            if !revoked.is_empty() {
-                records.retain(|r| !revoked.contains(&r.partition));
             }
             let lingered = first_at.is_some_and(|t| t.elapsed() >= LINGER);
             if records.len() >= batch_size || lingered || self.stopping() {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tests::{
     dev, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi, Keyspace,
+    Projector,
 };
 
 /// Restarts the part when dropped, so a failing assertion does not leave the stack broken.
@@ -17,13 +18,15 @@ impl Drop for Restart {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_kafka_stopped_commands_answer_503_and_nothing_acknowledged_is_lost() {
     let _stack = crate::STACK.lock().await;
     let mut settings = settings_with_fresh_topic("kafka-outage").await.unwrap();
     // A keyspace of its own: no other test's sweeper may publish this test's batches elsewhere.
     let keyspace = Keyspace::fresh(&mut settings).await.unwrap();
     let api = CommandApi::spawn(settings.clone()).await.unwrap();
+    // A projector rides the outage too: it must resume once Kafka is back and miss nothing.
+    let projector = Projector::spawn(&settings);
     let order = api.place_order().await.unwrap();
     let mut acknowledged = vec![1u64];
 
@@ -93,6 +96,47 @@ async fn with_kafka_stopped_commands_answer_503_and_nothing_acknowledged_is_lost
     .await;
     assert!(sweeper_done.is_ok(), "{sweeper_done:?}");
     assert_eq!(acknowledged, (1..=version).collect::<Vec<_>>());
+
+    // The projector rejoined its group and applied every event, none skipped.
+    keyspace
+        .drain(&settings, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let (detail_version,): (i64,) = keyspace
+        .session
+        .query_unpaged(
+            format!(
+                "SELECT version FROM {}.order_detail_g1 WHERE tenant_id = 'default' AND order_id = ?",
+                keyspace.name
+            ),
+            (order,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .first_row::<(i64,)>()
+        .unwrap();
+    assert_eq!(detail_version as u64, version);
+    let history = keyspace
+        .session
+        .query_unpaged(
+            format!(
+                "SELECT sequence FROM {}.order_events_g1 WHERE tenant_id = 'default' AND aggregate_id = ?",
+                keyspace.name
+            ),
+            (order,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num();
+    assert_eq!(
+        history as u64, version,
+        "every event of the order is in its history"
+    );
+    projector.stop().await.unwrap();
     api.stop().await.unwrap();
     keyspace.drop_keyspace().await.unwrap();
 }
