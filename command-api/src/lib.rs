@@ -53,7 +53,7 @@ impl App {
             Arc::new(OrderRepository::new(session.clone(), publisher.clone(), &settings).await?);
         let readiness = Readiness::new(vec![
             ("cql", http::cql_check(session)),
-            ("kafka", http::kafka_check(settings.kafka.clone())),
+            ("kafka", http::kafka_client_check(publisher.probe())),
         ]);
         Ok(Self {
             repository,

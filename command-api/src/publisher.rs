@@ -46,6 +46,11 @@ impl Publisher {
         })
     }
 
+    /// The metadata client this publisher probes Kafka with (readiness shares it).
+    pub fn probe(&self) -> Arc<BaseConsumer> {
+        self.probe.clone()
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
     }

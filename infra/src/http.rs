@@ -338,19 +338,26 @@ pub fn cql_check(session: Arc<scylla::client::session::Session>) -> Check {
     })
 }
 
-/// A readiness check that asks a Kafka broker for metadata.
+/// A readiness check that asks a Kafka broker for metadata, with a client of its own.
 pub fn kafka_check(settings: crate::settings::Kafka) -> Check {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let client: Option<Arc<BaseConsumer>> = crate::kafka::base_config(&settings)
-        .create()
-        .ok()
-        .map(Arc::new);
+    match crate::kafka::base_config(&settings).create() {
+        Ok(client) => kafka_client_check(Arc::new(client)),
+        Err(e) => {
+            let reason = format!("Kafka client could not be created: {e}");
+            Arc::new(move || {
+                let reason = reason.clone();
+                Box::pin(async move { Err(reason) })
+            })
+        }
+    }
+}
+
+/// A readiness check that asks a Kafka broker for metadata through an existing client.
+pub fn kafka_client_check(client: Arc<rdkafka::consumer::BaseConsumer>) -> Check {
+    use rdkafka::consumer::Consumer;
     Arc::new(move || {
         let client = client.clone();
         Box::pin(async move {
-            let Some(client) = client else {
-                return Err("Kafka client could not be created".to_string());
-            };
             tokio::task::spawn_blocking(move || {
                 client
                     .fetch_metadata(None, Duration::from_millis(1500))

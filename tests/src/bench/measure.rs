@@ -38,6 +38,66 @@ pub fn record(hist: &Mutex<Histogram<u64>>, d: Duration) {
     }
 }
 
+/// Counts and latencies of one run, shared by its workers.
+#[derive(Clone)]
+struct Tally {
+    ok: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    first_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            ok: Arc::new(AtomicU64::new(0)),
+            errors: Arc::new(AtomicU64::new(0)),
+            hist: Arc::new(Mutex::new(histogram())),
+            first_error: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn success(&self, latency: Duration) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        record(&self.hist, latency);
+    }
+
+    /// A failed operation; in open loop it still cost the client `latency`, so it is recorded.
+    fn failure(&self, latency: Option<Duration>, message: impl FnOnce() -> String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = latency {
+            record(&self.hist, latency);
+        }
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(message());
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn outcome(&self, secs: f64, cpu: CpuDelta) -> Outcome {
+        Outcome {
+            ok: self.ok(),
+            errors: self.errors(),
+            secs,
+            hist: self
+                .hist
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_else(|_| histogram()),
+            cpu,
+            first_error: self.first_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+}
+
 /// What one measured run produced.
 pub struct Outcome {
     pub ok: u64,
@@ -95,21 +155,11 @@ pub async fn closed_loop(
 ) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(histogram()));
-    let first_error = Arc::new(Mutex::new(None::<String>));
+    let tally = Tally::new();
     let mut workers = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
-        let (stop, measuring, ok, errors, hist, first_error, op) = (
-            stop.clone(),
-            measuring.clone(),
-            ok.clone(),
-            errors.clone(),
-            hist.clone(),
-            first_error.clone(),
-            op.clone(),
-        );
+        let (stop, measuring, tally, op) =
+            (stop.clone(), measuring.clone(), tally.clone(), op.clone());
         workers.push(tokio::spawn(async move {
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -120,20 +170,9 @@ pub async fn closed_loop(
                     continue;
                 }
                 match result {
-                    Ok(Ok(())) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        record(&hist, started.elapsed());
-                    }
-                    Ok(Err(e)) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                        first.get_or_insert_with(|| format!("{e:#}"));
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                        first.get_or_insert_with(|| "timed out after 15 s".into());
-                    }
+                    Ok(Ok(())) => tally.success(started.elapsed()),
+                    Ok(Err(e)) => tally.failure(None, || format!("{e:#}")),
+                    Err(_) => tally.failure(None, || "timed out after 15 s".into()),
                 }
             }
         }));
@@ -150,11 +189,11 @@ pub async fn closed_loop(
     while t0.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(200).min(duration.saturating_sub(t0.elapsed())))
             .await;
-        let n = ok.load(Ordering::Relaxed);
+        let n = tally.ok();
         pb.set_position(t0.elapsed().as_millis() as u64);
         pb.set_message(format!(
             "{n} ok, {} err, {:.0}/s",
-            errors.load(Ordering::Relaxed),
+            tally.errors(),
             n as f64 / t0.elapsed().as_secs_f64().max(0.001)
         ));
     }
@@ -166,17 +205,7 @@ pub async fn closed_loop(
         let _ = tokio::time::timeout(Duration::from_secs(20), w).await;
     }
     pb.finish_and_clear();
-    let out = Outcome {
-        ok: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        secs,
-        hist: hist
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|_| histogram()),
-        cpu,
-        first_error: first_error.lock().ok().and_then(|e| e.clone()),
-    };
+    let out = tally.outcome(secs, cpu);
     eprintln!(
         "  {label:<34} c={concurrency:<4} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{}",
         out.rate(),
@@ -202,10 +231,7 @@ pub async fn open_loop(
 ) -> Outcome {
     let rate = rate.max(1.0);
     let n = (rate * duration.as_secs_f64()).max(1.0) as u64;
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(histogram()));
-    let first_error = Arc::new(Mutex::new(None::<String>));
+    let tally = Tally::new();
     let pb = bar(&format!("{label} @{rate:.0}/s"), n);
     let cpu0 = procs.snapshot();
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -214,42 +240,21 @@ pub async fn open_loop(
     for i in 0..n {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
-        let (ok_t, errors_t, hist, first_error, op) = (
-            ok.clone(),
-            errors.clone(),
-            hist.clone(),
-            first_error.clone(),
-            op.clone(),
-        );
+        let (tally_t, op) = (tally.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
-            let (ok, errors) = (ok_t, errors_t);
+            let tally = tally_t;
             let result = tokio::time::timeout(Duration::from_secs(15), op(i, 0)).await;
             let latency = tokio::time::Instant::now().saturating_duration_since(due);
+            // A failure still took the client this long: it counts in the latency too.
             match result {
-                Ok(Ok(())) => {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                    record(&hist, latency);
-                }
-                other => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    // A failure still took the client this long: count it in the latency too.
-                    record(&hist, latency);
-                    let msg = match other {
-                        Ok(Err(e)) => format!("{e:#}"),
-                        _ => "timed out after 15 s".into(),
-                    };
-                    let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                    first.get_or_insert(msg);
-                }
+                Ok(Ok(())) => tally.success(latency),
+                Ok(Err(e)) => tally.failure(Some(latency), || format!("{e:#}")),
+                Err(_) => tally.failure(Some(latency), || "timed out after 15 s".into()),
             }
         }));
         if i % 64 == 0 {
             pb.set_position(i);
-            pb.set_message(format!(
-                "{} ok, {} err",
-                ok.load(Ordering::Relaxed),
-                errors.load(Ordering::Relaxed)
-            ));
+            pb.set_message(format!("{} ok, {} err", tally.ok(), tally.errors()));
         }
     }
     for t in tasks {
@@ -258,17 +263,7 @@ pub async fn open_loop(
     let secs = t0.elapsed().as_secs_f64();
     let cpu = procs.snapshot().since(&cpu0, secs);
     pb.finish_and_clear();
-    let out = Outcome {
-        ok: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        secs,
-        hist: hist
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|_| histogram()),
-        cpu,
-        first_error: first_error.lock().ok().and_then(|e| e.clone()),
-    };
+    let out = tally.outcome(secs, cpu);
     eprintln!(
         "  {label:<34} @{rate:<6.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  errors {}{}",
         out.ms(0.5),
