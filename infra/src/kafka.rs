@@ -63,7 +63,9 @@ pub fn admin(settings: &Kafka) -> anyhow::Result<AdminClient<DefaultClientContex
         .context("creating the Kafka admin client")
 }
 
-/// Number of partitions of `topic`, by a metadata request.
+/// Number of partitions of `topic`, by metadata requests. A topic just created reaches every
+/// broker's metadata cache a moment later, so "unknown topic" and "leader not available" are
+/// retried until `timeout`.
 pub async fn partition_count(
     settings: &Kafka,
     topic: &str,
@@ -73,16 +75,28 @@ pub async fn partition_count(
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let client: BaseConsumer = config.create().context("creating a metadata client")?;
-        let metadata = client
-            .fetch_metadata(Some(&topic), timeout)
-            .with_context(|| format!("fetching metadata of {topic}"))?;
-        let Some(t) = metadata.topics().first() else {
-            bail!("topic {topic} not in metadata");
-        };
-        if let Some(err) = t.error() {
-            bail!("topic {topic}: {err:?}");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let metadata = client
+                .fetch_metadata(Some(&topic), left.max(Duration::from_millis(100)))
+                .with_context(|| format!("fetching metadata of {topic}"))?;
+            let problem = match metadata.topics().first() {
+                None => "not in metadata".to_string(),
+                Some(t) => match t.error() {
+                    Some(err) => format!("{err:?}"),
+                    None if t.partitions().is_empty() => "no partitions yet".to_string(),
+                    None if t.partitions().iter().any(|p| p.leader() < 0) => {
+                        "a partition without leader".to_string()
+                    }
+                    None => return Ok(t.partitions().len() as i32),
+                },
+            };
+            if std::time::Instant::now() >= deadline {
+                bail!("topic {topic}: {problem}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(t.partitions().len() as i32)
     })
     .await
     .context("metadata task")?
@@ -138,7 +152,15 @@ pub async fn ensure_topics(settings: &Kafka) -> anyhow::Result<()> {
             }
         }
     }
-    let current = partition_count(settings, &settings.topic, Duration::from_secs(10)).await?;
+    // Both topics answer metadata with a leader for every partition before this returns, so a
+    // client started right after never sees "unknown topic".
+    partition_count(
+        settings,
+        &settings.dead_letter_topic,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let current = partition_count(settings, &settings.topic, Duration::from_secs(30)).await?;
     if current < settings.partitions {
         let grow = NewPartitions::new(&settings.topic, settings.partitions as usize);
         for result in admin
