@@ -10,6 +10,7 @@
 //! Adding a read model: a new `<name>.rs` implementing [`Projection`], one line in [`all`], and its
 //! tables in `READ_MODELS.md`.
 
+mod batched;
 pub mod order_history;
 pub mod orders;
 
@@ -17,7 +18,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use events::{EventEnvelope, OrderEvent};
-use futures::stream::{self, StreamExt};
 use scylla::client::session::Session;
 use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError};
 use uuid::Uuid;
@@ -62,28 +62,14 @@ pub trait Projection: Send + Sync + 'static {
 /// Writes batches into one generation of a projection's tables.
 #[async_trait]
 pub trait ProjectionWriter: Send + Sync {
-    /// Apply one aggregate's events (sequence order, no duplicates). Must be idempotent: applying
-    /// the same events again, or older ones after newer ones, changes nothing.
-    async fn apply_aggregate(&self, events: &AggregateEvents) -> Result<(), ApplyError>;
+    /// Apply every aggregate of a batch (each one's events in sequence order, no duplicates);
+    /// one result per aggregate, in the order given. Must be idempotent: applying the same
+    /// events again, or older ones after newer ones, changes nothing.
+    async fn apply_batch(&self, batch: &[&AggregateEvents]) -> Vec<Result<(), ApplyError>>;
 
     /// Drop whatever the writer remembers of rows it wrote: called on every rebalance, when
     /// another instance may have written rows of the partitions this one gets back.
     fn forget_cached(&self) {}
-
-    /// Apply every aggregate of a batch, concurrently across aggregates; one result per
-    /// aggregate, in the order given.
-    async fn apply_batch(&self, batch: &[&AggregateEvents]) -> Vec<Result<(), ApplyError>> {
-        // Futures are lazy: building them all first starts none, and sidesteps a closure
-        // lifetime that the Send bound of the async trait cannot express.
-        let pending: Vec<_> = batch
-            .iter()
-            .map(|aggregate| self.apply_aggregate(aggregate))
-            .collect();
-        stream::iter(pending)
-            .buffered(AGGREGATE_CONCURRENCY)
-            .collect()
-            .await
-    }
 }
 
 /// The name of generation `generation` of table `base`.

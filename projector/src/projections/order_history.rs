@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::future::try_join_all;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
+use super::batched::{self, Write};
 use super::{qualified, AggregateEvents, ApplyError, Projection, ProjectionWriter};
 
 pub const NAME: &str = "order_history";
@@ -89,25 +89,28 @@ struct HistoryWriter {
 
 #[async_trait]
 impl ProjectionWriter for HistoryWriter {
-    async fn apply_aggregate(&self, aggregate: &AggregateEvents) -> Result<(), ApplyError> {
-        let rows = rows(aggregate);
-        try_join_all(rows.iter().map(|row| async move {
-            self.session
-                .execute_unpaged(
-                    &self.insert,
-                    (
-                        row.tenant_id.as_str(),
-                        row.aggregate_id,
-                        row.sequence,
-                        &*row.envelope,
-                        row.sequence,
-                    ),
-                )
-                .await
-                .map_err(ApplyError::from)
-        }))
-        .await?;
-        Ok(())
+    async fn apply_batch(&self, batch: &[&AggregateEvents]) -> Vec<Result<(), ApplyError>> {
+        let writes = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(owner, aggregate)| rows(aggregate).into_iter().map(move |row| (owner, row)))
+            .map(|(owner, row)| Write {
+                owner,
+                statement: &self.insert,
+                bytes: 64 + row.envelope.len(),
+                values: Box::new((
+                    row.tenant_id,
+                    row.aggregate_id,
+                    row.sequence,
+                    row.envelope.to_string(),
+                    row.sequence,
+                )),
+            })
+            .collect();
+        let mut failed = batched::write_all(&self.session, writes).await;
+        (0..batch.len())
+            .map(|owner| failed.remove(&owner).map_or(Ok(()), Err))
+            .collect()
     }
 }
 

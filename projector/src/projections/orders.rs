@@ -15,12 +15,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use events::{LineItem, OrderEvent};
+use futures::stream::{self, StreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
 use uuid::Uuid;
 
-use super::{qualified, rejected, AggregateEvents, ApplyError, Projection, ProjectionWriter};
+use super::batched::{self, Values, Write};
+use super::{
+    qualified, rejected, AggregateEvents, ApplyError, Projection, ProjectionWriter,
+    AGGREGATE_CONCURRENCY,
+};
 
 pub const NAME: &str = "orders";
 const TABLES: &[&str] = &["order_detail", "orders_by_customer", "sales_by_day"];
@@ -417,41 +422,51 @@ impl OrdersWriter {
         }))
     }
 
-    async fn write_detail(&self, row: &OrderRow) -> Result<(), ApplyError> {
-        let items = serde_json::to_string(&row.items).map_err(|e| rejected("items", e))?;
-        self.session
-            .execute_unpaged(
-                &self.upsert_detail,
-                (
-                    row.tenant_id.as_str(),
-                    row.order_id,
-                    unset_if_none(row.customer_id),
-                    unset_if_none(row.currency.as_deref()),
-                    row.status.as_str(),
-                    items,
-                    row.total_cents,
-                    row.version,
-                    unset_if_none(row.placed_at),
-                    unset_if_none(row.updated_at),
-                    unset_if_none(row.paid_at),
-                    unset_if_none(row.paid_cents),
-                    row.version,
-                ),
-            )
-            .await?;
-        Ok(())
+    /// The stored state of an order: the row this writer wrote last, else the table's.
+    async fn current(&self, aggregate: &AggregateEvents) -> Result<Option<OrderRow>, ApplyError> {
+        let (tenant, id) = (aggregate.tenant_id.as_str(), aggregate.aggregate_id);
+        match self.rows.get(tenant, id) {
+            Some(row) => Ok(Some(row)),
+            None => self.load(tenant, id).await,
+        }
     }
 
-    async fn write_by_customer(&self, row: &OrderRow) -> Result<(), ApplyError> {
-        // Without its OrderPlaced (a rebuild from a timestamp) the order has no key here.
-        let (Some(customer_id), Some(placed_at)) = (row.customer_id, row.placed_at) else {
-            return Ok(());
-        };
-        self.session
-            .execute_unpaged(
-                &self.upsert_by_customer,
-                (
-                    row.tenant_id.as_str(),
+    fn detail_write(&self, owner: usize, row: &OrderRow) -> Result<Write<'_>, ApplyError> {
+        let items = serde_json::to_string(&row.items).map_err(|e| rejected("items", e))?;
+        Ok(Write {
+            owner,
+            statement: &self.upsert_detail,
+            bytes: ROW_BYTES + items.len(),
+            values: Box::new((
+                row.tenant_id.clone(),
+                row.order_id,
+                unset_if_none(row.customer_id),
+                unset_if_none(row.currency.clone()),
+                row.status.as_str(),
+                items,
+                row.total_cents,
+                row.version,
+                unset_if_none(row.placed_at),
+                unset_if_none(row.updated_at),
+                unset_if_none(row.paid_at),
+                unset_if_none(row.paid_cents),
+                row.version,
+            )),
+        })
+    }
+
+    /// The `orders_by_customer` entry and the `sales_by_day` changes of a fold.
+    fn side_writes(&self, owner: usize, fold: &Fold) -> Vec<Write<'_>> {
+        let row = &fold.row;
+        let mut writes = Vec::with_capacity(1 + fold.sales.len());
+        // Without its OrderPlaced (a rebuild from a timestamp) the order has no key there.
+        if let (Some(customer_id), Some(placed_at)) = (row.customer_id, row.placed_at) {
+            writes.push(Write {
+                owner,
+                statement: &self.upsert_by_customer,
+                bytes: ROW_BYTES,
+                values: Box::new((
+                    row.tenant_id.clone(),
                     customer_id,
                     placed_at,
                     row.order_id,
@@ -459,74 +474,110 @@ impl OrdersWriter {
                     row.total_cents,
                     row.version,
                     row.version,
-                ),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn write_sales(&self, row: &OrderRow, changes: &[SalesChange]) -> Result<(), ApplyError> {
-        for change in changes {
-            match *change {
+                )),
+            });
+        }
+        for change in &fold.sales {
+            let (statement, values): (&PreparedStatement, Values) = match *change {
                 SalesChange::Record {
                     day,
                     revenue_cents,
                     version,
-                } => {
-                    self.session
-                        .execute_unpaged(
-                            &self.insert_sale,
-                            (
-                                row.tenant_id.as_str(),
-                                day,
-                                row.order_id,
-                                revenue_cents,
-                                version,
-                                version,
-                            ),
-                        )
-                        .await?;
-                }
-                SalesChange::Remove { day, version } => {
-                    self.session
-                        .execute_unpaged(
-                            &self.delete_sale,
-                            (version, row.tenant_id.as_str(), day, row.order_id),
-                        )
-                        .await?;
-                }
-            }
+                } => (
+                    &self.insert_sale,
+                    Box::new((
+                        row.tenant_id.clone(),
+                        day,
+                        row.order_id,
+                        revenue_cents,
+                        version,
+                        version,
+                    )),
+                ),
+                SalesChange::Remove { day, version } => (
+                    &self.delete_sale,
+                    Box::new((version, row.tenant_id.clone(), day, row.order_id)),
+                ),
+            };
+            writes.push(Write {
+                owner,
+                statement,
+                values,
+                bytes: ROW_BYTES,
+            });
         }
-        Ok(())
+        writes
     }
 }
 
+/// A rough size of a row's values besides its items, for cutting batches.
+const ROW_BYTES: usize = 160;
+
 #[async_trait]
 impl ProjectionWriter for OrdersWriter {
-    async fn apply_aggregate(&self, aggregate: &AggregateEvents) -> Result<(), ApplyError> {
-        let (tenant, id) = (aggregate.tenant_id.as_str(), aggregate.aggregate_id);
-        let current = match self.rows.get(tenant, id) {
-            Some(row) => Some(row),
-            None => self.load(tenant, id).await?,
-        };
-        let Some(fold) = fold(current.clone(), aggregate) else {
-            if let Some(row) = current {
-                self.rows.put(row);
+    async fn apply_batch(&self, batch: &[&AggregateEvents]) -> Vec<Result<(), ApplyError>> {
+        let pending: Vec<_> = batch
+            .iter()
+            .map(|aggregate| self.current(aggregate))
+            .collect();
+        let currents: Vec<_> = stream::iter(pending)
+            .buffered(AGGREGATE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut results: Vec<Result<(), ApplyError>> = vec![Ok(()); batch.len()];
+        let mut folds = Vec::new();
+        for (index, (aggregate, current)) in batch.iter().zip(currents).enumerate() {
+            let current = match current {
+                Ok(current) => current,
+                Err(error) => {
+                    results[index] = Err(error);
+                    continue;
+                }
+            };
+            match fold(current.clone(), aggregate) {
+                // Every event was applied already: nothing to write.
+                None => {
+                    if let Some(row) = current {
+                        self.rows.put(row);
+                    }
+                }
+                Some(fold) => {
+                    // Until every write succeeded, the stored row is the truth, not the cache.
+                    self.rows
+                        .remove(&aggregate.tenant_id, aggregate.aggregate_id);
+                    folds.push((index, fold));
+                }
             }
-            return Ok(());
-        };
-        // Until every write below succeeded, the stored row is the truth, not the cache.
-        self.rows.remove(tenant, id);
-        // The detail row's version is what marks these events applied (a replay folds only
-        // events newer than it), so it is written last: a crash or a failed write before it
-        // leaves the events to be applied again, never the other tables behind for good.
-        futures::try_join!(
-            self.write_by_customer(&fold.row),
-            self.write_sales(&fold.row, &fold.sales),
-        )?;
-        self.write_detail(&fold.row).await?;
-        self.rows.put(fold.row);
-        Ok(())
+        }
+        // The detail row's version is what marks events applied (a replay folds only events
+        // newer than it), so it is written last, and only for orders whose other writes all
+        // succeeded: a crash or a failed write leaves the events to be applied again, never the
+        // other tables behind for good.
+        let side = folds
+            .iter()
+            .flat_map(|(index, fold)| self.side_writes(*index, fold))
+            .collect();
+        for (index, error) in batched::write_all(&self.session, side).await {
+            results[index] = Err(error);
+        }
+        let mut details = Vec::with_capacity(folds.len());
+        for (index, fold) in &folds {
+            if results[*index].is_ok() {
+                match self.detail_write(*index, &fold.row) {
+                    Ok(write) => details.push(write),
+                    Err(error) => results[*index] = Err(error),
+                }
+            }
+        }
+        for (index, error) in batched::write_all(&self.session, details).await {
+            results[index] = Err(error);
+        }
+        for (index, fold) in folds {
+            if results[index].is_ok() {
+                self.rows.put(fold.row);
+            }
+        }
+        results
     }
 
     fn forget_cached(&self) {
