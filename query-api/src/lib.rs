@@ -66,7 +66,7 @@ impl AppState {
         let q = &settings.query_api;
         let cache = OrderCache::new(q.cache_capacity, Duration::from_millis(q.cache_ttl_ms));
         Self {
-            views: Arc::new(OrderViews::new(store.clone(), cache)),
+            views: Arc::new(OrderViews::new(store.clone(), cache, &settings.kafka.topic)),
             store,
             end_offsets,
             min_version_wait: Duration::from_millis(q.min_version_wait_ms),

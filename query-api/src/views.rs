@@ -2,12 +2,15 @@
 //! fresh enough, and the bounded wait for a `min_version` (read-your-writes after a command).
 //!
 //! How the wait avoids hammering CQL: all requests waiting on the same order share **one poller
-//! task** (registered in `pollers` by order id). It reads the view right away, then again after
-//! 2, 4, 8, … ms, capped at 100 ms, and publishes each result on a `watch` channel; every waiter
-//! looks at the published view and returns as soon as it reaches its own `min_version`. So a
-//! thousand clients waiting on one hot order cost at most ~10 reads per second, a fresh projection
-//! is still seen within a few milliseconds, and the poller stops as soon as nobody listens. Each
-//! waiter is bounded by its own deadline (`min_version_wait_ms`, shortened by `wait_ms`).
+//! task** (registered in `pollers` by order id), which publishes each read on a `watch` channel;
+//! every waiter returns as soon as the published view reaches its own `min_version`. The poller
+//! reads right away, then **re-reads only when the `orders` projection recorded a batch**: while
+//! anyone waits, one watcher task reads the projection's offsets every 2 ms (one small
+//! single-partition query for all waiters) and wakes the pollers when they moved. So waiting costs
+//! one read per order per projector batch, not per timer tick: when the projector falls behind,
+//! waiting readers do not add load in proportion to the lag and feed it. When the store cannot
+//! tell the progress, pollers fall back to a timer (2, 4, 8 ms…, capped at 10 ms). Each waiter is
+//! bounded by its own deadline (`min_version_wait_ms`, shortened by `wait_ms`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +32,11 @@ const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(2);
 // Short enough that a waiting read sees the projector's write within ~10 ms (freshness), few
 // enough reads to be cheap: one poller per order, shared by all its waiters.
 const MAX_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the watcher reads the projection's progress while anyone waits.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(2);
+/// A poller re-reads after this long even when no progress was seen (the projector writes its
+/// offsets after the views, so this is only a safety net).
+const MAX_GATED_WAIT: Duration = Duration::from_millis(250);
 
 /// A line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -97,14 +105,24 @@ pub struct OrderViews {
     store: Arc<dyn ReadModels>,
     cache: OrderCache,
     pollers: Mutex<HashMap<Uuid, Arc<watch::Sender<Polled>>>>,
+    /// The topic whose offsets measure the projection's progress.
+    topic: String,
+    /// The `orders` projection's progress (see [`ReadModels::orders_progress`]), published by
+    /// the watcher task while it runs.
+    progress: watch::Sender<Option<i64>>,
+    /// Whether the watcher runs; read and set under the `pollers` lock.
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl OrderViews {
-    pub fn new(store: Arc<dyn ReadModels>, cache: OrderCache) -> Self {
+    pub fn new(store: Arc<dyn ReadModels>, cache: OrderCache, topic: &str) -> Self {
         Self {
             store,
             cache,
             pollers: Mutex::new(HashMap::new()),
+            topic: topic.to_string(),
+            progress: watch::Sender::new(None),
+            watching: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -199,12 +217,50 @@ impl OrderViews {
         pollers.insert(order_id, tx.clone());
         let views = self.clone();
         tokio::spawn(async move { views.poll(order_id, tx).await });
+        if !self
+            .watching
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let views = self.clone();
+            tokio::spawn(async move { views.watch_progress().await });
+        }
         rx
+    }
+
+    /// Read the projection's progress every [`PROGRESS_INTERVAL`] and publish it when it
+    /// changes, until no poller is left.
+    async fn watch_progress(self: Arc<Self>) {
+        loop {
+            {
+                let pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
+                if pollers.is_empty() {
+                    self.watching
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+            }
+            let progress = match self.store.orders_progress(&self.topic).await {
+                Ok(progress) => progress,
+                Err(error) => {
+                    tracing::debug!(%error, "reading the projection's progress");
+                    None
+                }
+            };
+            self.progress.send_if_modified(|seen| {
+                let changed = *seen != progress;
+                *seen = progress;
+                changed
+            });
+            tokio::time::sleep(PROGRESS_INTERVAL).await;
+        }
     }
 
     async fn poll(self: Arc<Self>, order_id: Uuid, tx: Arc<watch::Sender<Polled>>) {
         let mut interval = FIRST_POLL_INTERVAL;
+        let mut progress = self.progress.subscribe();
         loop {
+            // Progress seen before the read: whatever the projector records after it wakes us.
+            let gated = progress.borrow_and_update().is_some();
             let polled = match self.load(order_id).await {
                 Ok(Some(view)) => Polled::Found(view),
                 Ok(None) => Polled::Missing,
@@ -220,8 +276,12 @@ impl OrderViews {
                     return;
                 }
             }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(MAX_POLL_INTERVAL);
+            if gated {
+                let _ = tokio::time::timeout(MAX_GATED_WAIT, progress.changed()).await;
+            } else {
+                tokio::time::sleep(interval).await;
+                interval = (interval * 2).min(MAX_POLL_INTERVAL);
+            }
         }
     }
 
@@ -248,6 +308,7 @@ mod tests {
         Arc::new(OrderViews::new(
             store,
             OrderCache::new(100, Duration::from_secs(60)),
+            "events",
         ))
     }
 
@@ -307,6 +368,37 @@ mod tests {
         let v = views(store.clone());
         let got = v.get_at_least(id, 5, Duration::from_secs(2)).await.unwrap();
         assert!(got.version >= 5);
+    }
+
+    #[tokio::test]
+    async fn with_known_progress_a_waiter_rereads_only_after_the_projection_moved() {
+        let store = Arc::new(MemoryStore::new());
+        let id = Uuid::now_v7();
+        store.put(MemoryStore::order(id, 1));
+        *store.progress.lock().unwrap() = Some(10);
+        let v = views(store.clone());
+        let waiter = {
+            let v = v.clone();
+            tokio::spawn(async move { v.get_at_least(id, 2, Duration::from_secs(5)).await })
+        };
+        // Let the watcher publish the progress and the poller settle on it.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let settled = store.detail_reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // On a timer it would have read ~10 more times in 100 ms; gated, not once.
+        assert_eq!(store.detail_reads.load(Ordering::SeqCst), settled);
+        assert!(!waiter.is_finished());
+
+        // The projector applies version 2 and records its batch: the waiter sees it promptly.
+        store.put(MemoryStore::order(id, 2));
+        *store.progress.lock().unwrap() = Some(11);
+        let got = tokio::time::timeout(Duration::from_millis(50), waiter)
+            .await
+            .expect("woken by the progress, not by the fallback timer")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.version, 2);
+        assert_eq!(store.detail_reads.load(Ordering::SeqCst), settled + 1);
     }
 
     #[tokio::test]

@@ -487,6 +487,31 @@ impl ReadModels for CqlReadModels {
         Ok(rows.into_iter().filter_map(|(e,)| e).collect())
     }
 
+    async fn orders_progress(&self, topic: &str) -> StoreResult<Option<i64>> {
+        let Some(generation) = self.orders_generation() else {
+            return Ok(None);
+        };
+        let result = self
+            .session
+            .execute_unpaged(&self.list_offsets, (ORDERS_PROJECTION, generation, topic))
+            .await
+            .map_err(|e| StoreError::unavailable("reading projection_offsets")(&e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
+        let mut progress = 0i64;
+        for row in rows
+            .rows::<(i32, Option<i64>)>()
+            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?
+        {
+            let (_partition, next) =
+                row.map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
+            progress = progress.saturating_add(next.unwrap_or(0));
+        }
+        // The generation is part of the number: a switch to a new generation is progress too.
+        Ok(Some(progress.saturating_add(i64::from(generation) << 48)))
+    }
+
     async fn projections(&self, topic: &str) -> StoreResult<Vec<ProjectionRecord>> {
         let rows = self.registry().await?;
         let mut out = Vec::with_capacity(rows.len());

@@ -23,6 +23,8 @@ pub struct MemoryStore {
     pub detail_reads: AtomicUsize,
     /// Versions added to an order after each detail read: simulates a projector catching up.
     pub bump_per_read: Mutex<HashMap<Uuid, i64>>,
+    /// What `orders_progress` answers (`None`: the store cannot tell).
+    pub progress: Mutex<Option<i64>>,
 }
 
 impl MemoryStore {
@@ -75,6 +77,10 @@ impl ReadModels for MemoryStore {
             }
         }
         Ok(found)
+    }
+
+    async fn orders_progress(&self, _topic: &str) -> StoreResult<Option<i64>> {
+        Ok(*self.progress.lock().unwrap())
     }
 
     async fn customer_orders(

@@ -122,6 +122,14 @@ pub trait ReadModels: Send + Sync + 'static {
 
     /// Every registered projection and the offsets of its active generation on `topic`.
     async fn projections(&self, topic: &str) -> StoreResult<Vec<ProjectionRecord>>;
+
+    /// How far the `orders` projection's active generation got on `topic`, as one number that
+    /// grows every time the projector records a batch (the sum of its next offsets), so that a
+    /// reader waiting for a view to change re-reads it only after something was applied. `None`
+    /// when the store cannot tell: readers then poll on a timer.
+    async fn orders_progress(&self, _topic: &str) -> StoreResult<Option<i64>> {
+        Ok(None)
+    }
 }
 
 #[async_trait]

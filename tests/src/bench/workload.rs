@@ -131,6 +131,19 @@ pub struct Freshness {
     pub select: scylla::statement::prepared::PreparedStatement,
     pub tenant: String,
     pub table: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    /// Set while a command is being watched at the table: one at a time, so that the watching
+    /// costs at most one CQL read per 2 ms however far the projector falls behind (a watch per
+    /// command would add load in proportion to the lag it measures, and feed it).
+    pub watching: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Clears the watching flag when the watch ends, however it ends.
+struct Release(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Open loop: each due command is the next step of some order that is ready, or a new order.
@@ -138,7 +151,7 @@ pub struct Freshness {
 /// `min_version`; the time from the command's answer to the view's answer is recorded.
 pub fn open_commands(http: reqwest::Client, base: String, freshness: Option<Freshness>) -> OpFn {
     let ready = Ready::default();
-    crate::measure::op(move |seq, _worker| {
+    crate::measure::op(move |_seq, _worker| {
         let (http, base, ready, freshness) =
             (http.clone(), base.clone(), ready.clone(), freshness.clone());
         let (id, step) = ready.next();
@@ -168,10 +181,17 @@ pub fn open_commands(http: reqwest::Client, base: String, freshness: Option<Fres
                         }
                     }
                 });
-                // One command in ten is also watched at the table itself (CQL polled every
+                // One command at a time is also watched at the table itself (CQL polled every
                 // 2 ms), to tell the projector's delay from query-api's.
-                if seq % 10 == 0 {
+                let idle = table.watching.compare_exchange(
+                    false,
+                    true,
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Acquire,
+                );
+                if idle.is_ok() {
                     tokio::spawn(async move {
+                        let _release = Release(table.watching.clone());
                         let deadline = accepted + Duration::from_secs(5);
                         while Instant::now() < deadline {
                             let seen = table

@@ -612,6 +612,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?,
                 tenant: settings.tenant.clone(),
                 table: Arc::new(Mutex::new(measure::histogram())),
+                watching: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             };
             let load = open_loop(
                 "commands + read-back (min_version)",
@@ -658,7 +659,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .target("p99 ≤ 50 ms", Some(q(&h, 0.99) <= 50.0 && !h.is_empty()));
             table.row(
                 format!(
-                    "freshness p50 / p99 at the table (order_detail polled every 2 ms, n={})",
+                    "freshness p50 / p99 at the table (one command at a time, order_detail polled every 2 ms, n={})",
                     t.len()
                 ),
                 format!("{} / {}", ms(q(&t, 0.5)), ms(q(&t, 0.99))),
