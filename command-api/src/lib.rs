@@ -7,7 +7,6 @@
 
 pub mod domain;
 mod error;
-pub mod intents;
 pub mod openapi;
 pub mod publisher;
 pub mod repository;

@@ -4,8 +4,7 @@
 //! 1. load the aggregate's row (or its cached head);
 //! 2. publish a pending batch not yet known published (same partition);
 //! 3. run the command through the cqrs-es aggregate (business rules → 422, nothing written);
-//! 4. write a publish intent (so the sweeper can find the batch; intents of concurrent commands
-//!    go in group commits, `intents.rs`), then one LWT
+//! 4. write a publish intent (so the sweeper can find the batch), then one LWT
 //!    `UPDATE … IF version = v` (`INSERT … IF NOT EXISTS` for a new aggregate), carrying the new
 //!    state, version, the batch as `pending` and the idempotency key's answer; a lost race reloads
 //!    and retries a bounded number of times, then 409;
@@ -34,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::order::{Order, OrderCommand, OrderError, OrderStatus};
-use crate::intents::{IntentLog, IntentStatements};
 use crate::publisher::{PublishError, Publisher};
 
 /// One command with what came with it.
@@ -138,6 +136,8 @@ struct Statements {
     load: PreparedStatement,
     insert: PreparedStatement,
     update: PreparedStatement,
+    mark_published: PreparedStatement,
+    insert_intent: PreparedStatement,
     intent_published: PreparedStatement,
     select_intents: PreparedStatement,
     load_progress: PreparedStatement,
@@ -147,7 +147,6 @@ struct Statements {
 pub struct OrderRepository {
     session: Arc<Session>,
     statements: Statements,
-    intents: IntentLog,
     publisher: Arc<Publisher>,
     tenant: String,
     cache: Mutex<HashMap<Uuid, Head>>,
@@ -206,6 +205,16 @@ impl OrderRepository {
                  IF version = ?",
             )
             .await?,
+            mark_published: prepare(
+                "UPDATE publish_intents SET published = true WHERE tenant_id = ? AND bucket = ? \
+                 AND aggregate_type = ? AND aggregate_id = ? AND version = ?",
+            )
+            .await?,
+            insert_intent: prepare(
+                "INSERT INTO publish_intents (tenant_id, bucket, aggregate_type, aggregate_id, \
+                 version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .await?,
             intent_published: prepare(
                 "SELECT published FROM publish_intents WHERE tenant_id = ? AND bucket = ? \
                  AND aggregate_type = ? AND aggregate_id = ? AND version = ?",
@@ -224,23 +233,6 @@ impl OrderRepository {
             )
             .await?,
         };
-        let mut mark = prepare(
-            "UPDATE publish_intents SET published = true WHERE tenant_id = ? AND bucket = ? \
-             AND aggregate_type = ? AND aggregate_id = ? AND version = ?",
-        )
-        .await?;
-        mark.set_is_idempotent(true);
-        let mut insert = prepare(
-            "INSERT INTO publish_intents (tenant_id, bucket, aggregate_type, aggregate_id, \
-             version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .await?;
-        insert.set_is_idempotent(true);
-        let intents = IntentLog::start(
-            session.clone(),
-            IntentStatements { insert, mark },
-            settings.tenant.clone(),
-        );
         let fault = Fault::parse(&settings.command_api.fault);
         if fault != Fault::None {
             tracing::warn!(
@@ -251,7 +243,6 @@ impl OrderRepository {
         Ok(Self {
             session,
             statements,
-            intents,
             publisher,
             tenant: settings.tenant.clone(),
             cache: Mutex::new(HashMap::new()),
@@ -498,8 +489,12 @@ impl OrderRepository {
         }
 
         // 4. Intent first, then the LWT.
-        self.intents
-            .insert(bucket_of(now), id, new_version, now)
+        let bucket = bucket_of(now);
+        self.session
+            .execute_unpaged(
+                &self.statements.insert_intent,
+                (&self.tenant, bucket, ORDER_AGGREGATE, id, new_version, now),
+            )
             .await
             .map_err(cql_unavailable)?;
         let state_json = serde_json::to_string(&state).unwrap_or_default();
@@ -605,9 +600,20 @@ impl OrderRepository {
 
     /// Record on its intent that the batch ending at `version` is in Kafka, in the background.
     fn after_publish(&self, id: Uuid, batch: &[EventEnvelope], version: i64) {
-        if let Some(bucket) = batch.last().map(|e| bucket_of(e.occurred_at)) {
-            self.intents.mark_published(bucket, id, version);
-        }
+        let Some(bucket) = batch.last().map(|e| bucket_of(e.occurred_at)) else {
+            return;
+        };
+        let session = self.session.clone();
+        let mark = self.statements.mark_published.clone();
+        let tenant = self.tenant.clone();
+        tokio::spawn(async move {
+            if let Err(e) = session
+                .execute_unpaged(&mark, (&tenant, bucket, ORDER_AGGREGATE, id, version))
+                .await
+            {
+                tracing::warn!(order_id = %id, error = %e, "marking a batch published failed");
+            }
+        });
     }
 
     /// One sweeper pass: every bucket of intents from where the sweepers stopped (at most
