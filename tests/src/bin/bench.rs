@@ -256,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // ---------------------------------------------------------------- write path: throughput
     section("write path: closed-loop throughput, raw LWT vs commands");
     let mut lwt_by_c: BTreeMap<usize, Outcome> = BTreeMap::new();
+    let mut mix_by_c: BTreeMap<usize, Outcome> = BTreeMap::new();
     let mut cmd_by_c: BTreeMap<usize, Outcome> = BTreeMap::new();
     for &c in &plan.concurrencies {
         let lwt = closed_loop(
@@ -276,7 +277,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workload::closed_commands(http.clone(), cmd_base.clone(), c),
         )
         .await;
+        let mix = closed_loop(
+            "raw CQL LWT lifecycle",
+            c,
+            plan.warmup,
+            plan.throughput,
+            &procs,
+            raw.lwt_lifecycle_op(),
+        )
+        .await;
         lwt_by_c.insert(c, lwt);
+        mix_by_c.insert(c, mix);
         cmd_by_c.insert(c, cmd);
     }
     let produce = closed_loop(
@@ -307,6 +318,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .baseline(format!("raw LWT {}", rate(lwt.rate())))
             .ratio(cmd.rate(), lwt.rate());
+        if let Some(mix) = mix_by_c.get(&c) {
+            table
+                .row(
+                    format!("commands/s, c={c}, vs the same LWTs alone"),
+                    rate(cmd.rate()),
+                )
+                .baseline(format!(
+                    "raw LWT lifecycle (1 insert + 4 conditional updates per order) {}",
+                    rate(mix.rate())
+                ))
+                .ratio(cmd.rate(), mix.rate());
+        }
     }
     let (peak_c, peak_cmd) = cmd_by_c
         .iter()
@@ -998,6 +1021,7 @@ struct Raw {
     topic: String,
     partitions: i32,
     lwt: scylla::statement::prepared::PreparedStatement,
+    lwt_update: scylla::statement::prepared::PreparedStatement,
     upsert: scylla::statement::prepared::PreparedStatement,
     state: String,
     pending: String,
@@ -1018,6 +1042,14 @@ impl Raw {
                 "INSERT INTO {ks}.aggregates (tenant_id, aggregate_type, aggregate_id, version, state, \
                  partition, pending, recent_commands, created_at, updated_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?;
+        // The same statement as the write path's later LWTs.
+        let lwt_update = session
+            .prepare(format!(
+                "UPDATE {ks}.aggregates SET version = ?, state = ?, pending = ?, recent_commands = ?, \
+                 updated_at = ? WHERE tenant_id = ? AND aggregate_type = ? AND aggregate_id = ? \
+                 IF version = ?"
             ))
             .await?;
         let mut upsert = session
@@ -1043,6 +1075,7 @@ impl Raw {
             topic: topic.to_string(),
             partitions,
             lwt,
+            lwt_update,
             upsert,
             state,
             pending,
@@ -1052,6 +1085,7 @@ impl Raw {
 
 trait RawOps {
     fn lwt_op(&self) -> measure::OpFn;
+    fn lwt_lifecycle_op(&self) -> measure::OpFn;
     fn produce_op(&self) -> measure::OpFn;
     fn upsert_op(&self) -> measure::OpFn;
     async fn read_op(&self, generation: i32, ids: Arc<Vec<Uuid>>) -> anyhow::Result<measure::OpFn>;
@@ -1090,6 +1124,74 @@ impl RawOps for Arc<Raw> {
                     Some(Some(CqlValue::Boolean(true))) => Ok(()),
                     _ => bail!("LWT not applied"),
                 }
+            }
+        })
+    }
+
+    /// The write path's LWTs alone, in the commands' mix: each worker walks its own order through
+    /// the lifecycle, one `INSERT … IF NOT EXISTS` then four `UPDATE … IF version = v`.
+    fn lwt_lifecycle_op(&self) -> measure::OpFn {
+        let raw = self.clone();
+        let orders: Arc<Mutex<HashMap<usize, (Uuid, i64)>>> = Arc::default();
+        op(move |_, worker| {
+            let (raw, orders) = (raw.clone(), orders.clone());
+            async move {
+                let (id, version) = {
+                    let mut orders = orders.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    let order = orders.entry(worker).or_insert((Uuid::now_v7(), 0));
+                    if order.1 >= workload::STEPS as i64 {
+                        *order = (Uuid::now_v7(), 0);
+                    }
+                    *order
+                };
+                let now = Utc::now();
+                let recent: HashMap<String, String> = HashMap::new();
+                let result = if version == 0 {
+                    raw.session
+                        .execute_unpaged(
+                            &raw.lwt,
+                            (
+                                raw.tenant.as_str(),
+                                "bench_raw",
+                                id,
+                                1i64,
+                                raw.state.as_str(),
+                                workload::partition_of(id, raw.partitions),
+                                raw.pending.as_str(),
+                                &recent,
+                                now,
+                                now,
+                            ),
+                        )
+                        .await?
+                } else {
+                    raw.session
+                        .execute_unpaged(
+                            &raw.lwt_update,
+                            (
+                                version + 1,
+                                raw.state.as_str(),
+                                raw.pending.as_str(),
+                                &recent,
+                                now,
+                                raw.tenant.as_str(),
+                                "bench_raw",
+                                id,
+                                version,
+                            ),
+                        )
+                        .await?
+                };
+                let rows = result.into_rows_result()?;
+                let row: Option<Row> = rows.maybe_first_row::<Row>()?;
+                match row.as_ref().and_then(|r| r.columns.first()) {
+                    Some(Some(CqlValue::Boolean(true))) => {}
+                    _ => bail!("LWT not applied"),
+                }
+                if let Ok(mut orders) = orders.lock() {
+                    orders.insert(worker, (id, version + 1));
+                }
+                Ok(())
             }
         })
     }
