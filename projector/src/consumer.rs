@@ -73,9 +73,18 @@ impl WorkerHandle {
     }
 
     /// Finish the batch in hand, write its offsets, close the consumer.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::SeqCst);
-        self.join.await.context("consumer thread")?
+        (&mut self.join).await.context("consumer thread")?
+    }
+}
+
+impl Drop for WorkerHandle {
+    /// A handle dropped without [`WorkerHandle::stop`] (the service's future was cancelled, or
+    /// its owner panicked) still stops the consumer thread: nobody could reach it any more, and a
+    /// runtime shutting down waits for its blocking threads, forever if they poll on.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

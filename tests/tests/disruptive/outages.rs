@@ -1,13 +1,18 @@
 //! Kafka and the CQL database going away: readiness says so, commands answer 503 with
-//! `Retry-After` quickly, and once the part is back nothing acknowledged is missing.
+//! `Retry-After` quickly, and once the part is back nothing acknowledged is missing and every
+//! projector resumes where it was.
 
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
+use command_api::publisher::Publisher;
+use events::{EventEnvelope, EventMetadata, LineItem, OrderEvent, ORDER_AGGREGATE};
 use serde_json::json;
 use tests::{
     dev, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi, Keyspace,
     Projector,
 };
+use uuid::Uuid;
 
 /// Restarts the part when dropped, so a failing assertion does not leave the stack broken.
 struct Restart(&'static str);
@@ -197,4 +202,120 @@ async fn with_cql_stopped_readiness_fails_and_commands_answer_503() {
     assert_eq!(reply.body["version"], 2);
     api.stop().await.unwrap();
     keyspace.drop_keyspace().await.unwrap();
+}
+
+/// The projector's group session expires while Kafka is away and nothing is to be consumed (every
+/// poll idle); its partitions are revoked and assigned again once Kafka is back. The first event
+/// after that must be applied. Events go straight to the topic (no command-api, hence no sweeper
+/// that could republish, and so hide, a dropped record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projector_idle_through_a_kafka_restart_applies_the_first_event_after_it() {
+    let _stack = crate::STACK.lock().await;
+    let mut settings = settings_with_fresh_topic("kafka-restart-idle")
+        .await
+        .unwrap();
+    let keyspace = Keyspace::fresh(&mut settings).await.unwrap();
+    let projector = Projector::spawn(&settings);
+    let publisher = Publisher::new(&settings.kafka).await.unwrap();
+    let order = Uuid::now_v7();
+    let placed = envelope(
+        &settings.tenant,
+        order,
+        1,
+        OrderEvent::OrderPlaced {
+            order_id: order,
+            customer_id: Uuid::now_v7(),
+            currency: "EUR".into(),
+            items: vec![LineItem {
+                sku: "BEFORE".into(),
+                quantity: 1,
+                unit_price_cents: 100,
+            }],
+        },
+    );
+    let added = envelope(
+        &settings.tenant,
+        order,
+        2,
+        OrderEvent::ItemAdded(LineItem {
+            sku: "AFTER".into(),
+            quantity: 1,
+            unit_price_cents: 23,
+        }),
+    );
+    let partition = 1;
+    publisher.publish(partition, &[placed]).await.unwrap();
+    keyspace
+        .drain(&settings, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(detail_version(&keyspace, order).await, Some(1));
+
+    dev(&["stop", "kafka"]).unwrap();
+    let restart = Restart("kafka");
+    // Longer than the consumer's session timeout (10 s): the group forgets the projector.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    drop(restart);
+
+    let published = eventually(
+        Duration::from_secs(60),
+        "publishing after the restart",
+        || async {
+            Ok(publisher
+                .publish(partition, std::slice::from_ref(&added))
+                .await
+                .ok())
+        },
+    )
+    .await;
+    assert!(published.is_ok(), "{published:?}");
+    let applied = eventually(
+        Duration::from_secs(90),
+        "the first event after the restart applied",
+        || async { Ok((detail_version(&keyspace, order).await == Some(2)).then_some(())) },
+    )
+    .await;
+    projector.stop().await.unwrap();
+    assert!(applied.is_ok(), "{applied:?}");
+}
+
+async fn detail_version(keyspace: &Keyspace, order: Uuid) -> Option<i64> {
+    keyspace
+        .session
+        .query_unpaged(
+            format!(
+                "SELECT version FROM {}.order_detail_g1 WHERE tenant_id = 'default' AND order_id = ?",
+                keyspace.name
+            ),
+            (order,),
+        )
+        .await
+        .ok()?
+        .into_rows_result()
+        .ok()?
+        .maybe_first_row::<(Option<i64>,)>()
+        .ok()
+        .flatten()
+        .and_then(|(v,)| v)
+}
+
+fn envelope(tenant: &str, order: Uuid, sequence: u64, event: OrderEvent) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::now_v7(),
+        tenant_id: tenant.into(),
+        aggregate_type: ORDER_AGGREGATE.into(),
+        aggregate_id: order,
+        sequence,
+        event_type: event.event_type().into(),
+        schema_version: event.schema_version(),
+        occurred_at: Utc::now(),
+        metadata: EventMetadata {
+            command_id: Uuid::now_v7(),
+            correlation_id: format!("restart-{order}"),
+            causation_id: format!("restart-{order}-{sequence}"),
+            traceparent: None,
+            tracestate: None,
+        },
+        payload: event.to_payload(),
+    }
 }
