@@ -8,7 +8,8 @@
 //! - [`Keyspace`]: a migrated keyspace of the test's own, its read-model rows, and [`Keyspace::drain`]
 //!   (wait until the projector's stored offsets reach the topic's end);
 //! - [`Projector`]: the projector in process, or the real binary as a child process (SIGKILL);
-//! - [`QueryApi`]: an in-process query API on port 0.
+//! - [`QueryApi`]: an in-process query API on port 0;
+//! - [`envelope`]: an order event wrapped as the command API would publish it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,11 +18,35 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use events::EventEnvelope;
+use events::{EventEnvelope, EventMetadata, OrderEvent, ORDER_AGGREGATE};
 use infra::Settings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use uuid::Uuid;
+
+/// `event` as the `sequence`-th event of order `id`, in the envelope the command API publishes
+/// (occurred now, fresh event and command ids).
+pub fn envelope(tenant: &str, id: Uuid, sequence: u64, event: OrderEvent) -> EventEnvelope {
+    let command_id = Uuid::now_v7();
+    EventEnvelope {
+        event_id: Uuid::now_v7(),
+        tenant_id: tenant.to_string(),
+        aggregate_type: ORDER_AGGREGATE.to_string(),
+        aggregate_id: id,
+        sequence,
+        event_type: event.event_type().to_string(),
+        schema_version: event.schema_version(),
+        occurred_at: chrono::Utc::now(),
+        metadata: EventMetadata {
+            command_id,
+            correlation_id: command_id.to_string(),
+            causation_id: command_id.to_string(),
+            traceparent: None,
+            tracestate: None,
+        },
+        payload: event.to_payload(),
+    }
+}
 
 /// The stack's settings (defaults and `APP_…`), with a topic of the test's own, created now.
 pub async fn settings_with_fresh_topic(label: &str) -> anyhow::Result<Settings> {

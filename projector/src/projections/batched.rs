@@ -55,12 +55,17 @@ pub(crate) async fn write_all(
         return HashMap::new();
     }
     let state = session.get_cluster_state();
+    // With one node every write has the same replica: skip computing tokens (it serializes the
+    // values once more).
+    let one_node = state.get_nodes_info().len() <= 1;
     let mut by_replica: HashMap<Option<Uuid>, Vec<Write<'_>>> = HashMap::new();
     for write in writes {
-        by_replica
-            .entry(first_replica(&state, &write))
-            .or_default()
-            .push(write);
+        let replica = if one_node {
+            None
+        } else {
+            first_replica(&state, &write)
+        };
+        by_replica.entry(replica).or_default().push(write);
     }
     let chunks: Vec<Vec<Write<'_>>> = by_replica
         .into_values()

@@ -333,6 +333,35 @@ type DetailColumns = (
     Option<CqlTimestamp>,
 );
 
+impl CqlReadModels {
+    /// partition → next offset to apply, of one generation of a projection on `topic`.
+    async fn offsets(
+        &self,
+        projection: &str,
+        generation: i32,
+        topic: &str,
+    ) -> StoreResult<BTreeMap<i32, i64>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.list_offsets, (projection, generation, topic))
+            .await
+            .map_err(|e| StoreError::unavailable("reading projection_offsets")(&e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
+        let mut offsets = BTreeMap::new();
+        for row in rows
+            .rows::<(i32, Option<i64>)>()
+            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?
+        {
+            let (partition, next) =
+                row.map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
+            offsets.insert(partition, next.unwrap_or(0));
+        }
+        Ok(offsets)
+    }
+}
+
 #[async_trait]
 impl ReadModels for CqlReadModels {
     fn orders_generation(&self) -> Option<i32> {
@@ -491,23 +520,10 @@ impl ReadModels for CqlReadModels {
         let Some(generation) = self.orders_generation() else {
             return Ok(None);
         };
-        let result = self
-            .session
-            .execute_unpaged(&self.list_offsets, (ORDERS_PROJECTION, generation, topic))
-            .await
-            .map_err(|e| StoreError::unavailable("reading projection_offsets")(&e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
-        let mut progress = 0i64;
-        for row in rows
-            .rows::<(i32, Option<i64>)>()
-            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?
-        {
-            let (_partition, next) =
-                row.map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
-            progress = progress.saturating_add(next.unwrap_or(0));
-        }
+        let offsets = self.offsets(ORDERS_PROJECTION, generation, topic).await?;
+        let progress = offsets
+            .values()
+            .fold(0i64, |sum, next| sum.saturating_add(*next));
         // The generation is part of the number: a switch to a new generation is progress too.
         Ok(Some(progress.saturating_add(i64::from(generation) << 48)))
     }
@@ -517,23 +533,7 @@ impl ReadModels for CqlReadModels {
         let mut out = Vec::with_capacity(rows.len());
         for (name, generation, state) in rows {
             let generation = generation.unwrap_or(1);
-            let result = self
-                .session
-                .execute_unpaged(&self.list_offsets, (&name, generation, topic))
-                .await
-                .map_err(|e| StoreError::unavailable("reading projection_offsets")(&e))?;
-            let rows = result
-                .into_rows_result()
-                .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
-            let mut offsets = BTreeMap::new();
-            for row in rows
-                .rows::<(i32, Option<i64>)>()
-                .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?
-            {
-                let (partition, next) =
-                    row.map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
-                offsets.insert(partition, next.unwrap_or(0));
-            }
+            let offsets = self.offsets(&name, generation, topic).await?;
             out.push(ProjectionRecord {
                 name,
                 generation,

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::Utc;
 use events::order::{LineItem, OrderEvent};
-use events::{EventEnvelope, EventMetadata, ORDER_AGGREGATE};
+use events::EventEnvelope;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tests::envelope;
 use uuid::Uuid;
 
 use crate::measure::{record, OpFn};
@@ -222,28 +222,6 @@ pub fn open_commands(http: reqwest::Client, base: String, freshness: Option<Fres
 // ------------------------------------------------------------------------------------------------
 // Synthetic events
 // ------------------------------------------------------------------------------------------------
-
-fn envelope(tenant: &str, id: Uuid, sequence: u64, event: OrderEvent) -> EventEnvelope {
-    let command_id = Uuid::now_v7();
-    EventEnvelope {
-        event_id: Uuid::now_v7(),
-        tenant_id: tenant.to_string(),
-        aggregate_type: ORDER_AGGREGATE.to_string(),
-        aggregate_id: id,
-        sequence,
-        event_type: event.event_type().to_string(),
-        schema_version: event.schema_version(),
-        occurred_at: Utc::now(),
-        metadata: EventMetadata {
-            command_id,
-            correlation_id: command_id.to_string(),
-            causation_id: command_id.to_string(),
-            traceparent: None,
-            tracestate: None,
-        },
-        payload: event.to_payload(),
-    }
-}
 
 /// The lifecycle's events for one order, as the command API would write them.
 pub fn lifecycle_events(tenant: &str, id: Uuid) -> Vec<EventEnvelope> {

@@ -1104,6 +1104,57 @@ impl Raw {
     }
 }
 
+impl Raw {
+    /// The write path's LWT on order `id` at `version`: the insert of a new row at 0, else the
+    /// conditional update to `version + 1`. Fails unless it applied.
+    async fn lwt(&self, id: Uuid, version: i64) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let recent: HashMap<String, String> = HashMap::new();
+        let result = if version == 0 {
+            self.session
+                .execute_unpaged(
+                    &self.lwt,
+                    (
+                        self.tenant.as_str(),
+                        "bench_raw",
+                        id,
+                        1i64,
+                        self.state.as_str(),
+                        workload::partition_of(id, self.partitions),
+                        self.pending.as_str(),
+                        &recent,
+                        now,
+                        now,
+                    ),
+                )
+                .await?
+        } else {
+            self.session
+                .execute_unpaged(
+                    &self.lwt_update,
+                    (
+                        version + 1,
+                        self.state.as_str(),
+                        self.pending.as_str(),
+                        &recent,
+                        now,
+                        self.tenant.as_str(),
+                        "bench_raw",
+                        id,
+                        version,
+                    ),
+                )
+                .await?
+        };
+        let rows = result.into_rows_result()?;
+        let row: Option<Row> = rows.maybe_first_row::<Row>()?;
+        match row.as_ref().and_then(|r| r.columns.first()) {
+            Some(Some(CqlValue::Boolean(true))) => Ok(()),
+            _ => bail!("LWT not applied"),
+        }
+    }
+}
+
 trait RawOps {
     fn lwt_op(&self) -> measure::OpFn;
     fn lwt_lifecycle_op(&self) -> measure::OpFn;
@@ -1117,35 +1168,7 @@ impl RawOps for Arc<Raw> {
         let raw = self.clone();
         op(move |_, _| {
             let raw = raw.clone();
-            async move {
-                let id = Uuid::now_v7();
-                let now = Utc::now();
-                let recent: HashMap<String, String> = HashMap::new();
-                let result = raw
-                    .session
-                    .execute_unpaged(
-                        &raw.lwt,
-                        (
-                            raw.tenant.as_str(),
-                            "bench_raw",
-                            id,
-                            1i64,
-                            raw.state.as_str(),
-                            workload::partition_of(id, raw.partitions),
-                            raw.pending.as_str(),
-                            &recent,
-                            now,
-                            now,
-                        ),
-                    )
-                    .await?;
-                let rows = result.into_rows_result()?;
-                let row: Option<Row> = rows.maybe_first_row::<Row>()?;
-                match row.as_ref().and_then(|r| r.columns.first()) {
-                    Some(Some(CqlValue::Boolean(true))) => Ok(()),
-                    _ => bail!("LWT not applied"),
-                }
-            }
+            async move { raw.lwt(Uuid::now_v7(), 0).await }
         })
     }
 
@@ -1165,50 +1188,7 @@ impl RawOps for Arc<Raw> {
                     }
                     *order
                 };
-                let now = Utc::now();
-                let recent: HashMap<String, String> = HashMap::new();
-                let result = if version == 0 {
-                    raw.session
-                        .execute_unpaged(
-                            &raw.lwt,
-                            (
-                                raw.tenant.as_str(),
-                                "bench_raw",
-                                id,
-                                1i64,
-                                raw.state.as_str(),
-                                workload::partition_of(id, raw.partitions),
-                                raw.pending.as_str(),
-                                &recent,
-                                now,
-                                now,
-                            ),
-                        )
-                        .await?
-                } else {
-                    raw.session
-                        .execute_unpaged(
-                            &raw.lwt_update,
-                            (
-                                version + 1,
-                                raw.state.as_str(),
-                                raw.pending.as_str(),
-                                &recent,
-                                now,
-                                raw.tenant.as_str(),
-                                "bench_raw",
-                                id,
-                                version,
-                            ),
-                        )
-                        .await?
-                };
-                let rows = result.into_rows_result()?;
-                let row: Option<Row> = rows.maybe_first_row::<Row>()?;
-                match row.as_ref().and_then(|r| r.columns.first()) {
-                    Some(Some(CqlValue::Boolean(true))) => {}
-                    _ => bail!("LWT not applied"),
-                }
+                raw.lwt(id, version).await?;
                 if let Ok(mut orders) = orders.lock() {
                     orders.insert(worker, (id, version + 1));
                 }

@@ -4,13 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use command_api::publisher::Publisher;
-use events::{EventEnvelope, EventMetadata, LineItem, OrderEvent, ORDER_AGGREGATE};
+use events::{LineItem, OrderEvent};
 use serde_json::json;
 use tests::{
-    dev, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi, Keyspace,
-    Projector,
+    dev, envelope, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi,
+    Keyspace, Projector,
 };
 use uuid::Uuid;
 
@@ -107,22 +106,7 @@ async fn with_kafka_stopped_commands_answer_503_and_nothing_acknowledged_is_lost
         .drain(&settings, Duration::from_secs(90))
         .await
         .unwrap();
-    let (detail_version,): (i64,) = keyspace
-        .session
-        .query_unpaged(
-            format!(
-                "SELECT version FROM {}.order_detail_g1 WHERE tenant_id = 'default' AND order_id = ?",
-                keyspace.name
-            ),
-            (order,),
-        )
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .first_row::<(i64,)>()
-        .unwrap();
-    assert_eq!(detail_version as u64, version);
+    assert_eq!(detail_version(&keyspace, order).await, Some(version as i64));
     let history = keyspace
         .session
         .query_unpaged(
@@ -297,25 +281,4 @@ async fn detail_version(keyspace: &Keyspace, order: Uuid) -> Option<i64> {
         .ok()
         .flatten()
         .and_then(|(v,)| v)
-}
-
-fn envelope(tenant: &str, order: Uuid, sequence: u64, event: OrderEvent) -> EventEnvelope {
-    EventEnvelope {
-        event_id: Uuid::now_v7(),
-        tenant_id: tenant.into(),
-        aggregate_type: ORDER_AGGREGATE.into(),
-        aggregate_id: order,
-        sequence,
-        event_type: event.event_type().into(),
-        schema_version: event.schema_version(),
-        occurred_at: Utc::now(),
-        metadata: EventMetadata {
-            command_id: Uuid::now_v7(),
-            correlation_id: format!("restart-{order}"),
-            causation_id: format!("restart-{order}-{sequence}"),
-            traceparent: None,
-            tracestate: None,
-        },
-        payload: event.to_payload(),
-    }
 }
