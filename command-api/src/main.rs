@@ -1,5 +1,8 @@
 //! command-api: see the library.
 
+#[global_allocator]
+static ALLOCATOR: infra::Allocator = infra::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = infra::Settings::load()?;

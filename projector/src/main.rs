@@ -1,5 +1,8 @@
 //! The projector binary: settings, telemetry, then [`projector::cli::execute`].
 
+#[global_allocator]
+static ALLOCATOR: infra::Allocator = infra::Allocator;
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,5 +1,8 @@
 //! The query-api process: settings, telemetry, then [`query_api::run`] until Ctrl-C or SIGTERM.
 
+#[global_allocator]
+static ALLOCATOR: infra::Allocator = infra::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = infra::Settings::load()?;

@@ -1,6 +1,9 @@
 //! Operations on the stack the services need: wait for Kafka and CQL, apply migrations, create topics.
 //! `infra/dev` calls it; ops can run it against a real cluster with the same `APP_…` settings.
 
+#[global_allocator]
+static ALLOCATOR: infra::Allocator = infra::Allocator;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,9 @@
 //! The services under test are child processes of this binary (`--serve <role>`), so each has its
 //! own CPU account and resident memory; the load generator and the raw baselines run here.
 
+#[global_allocator]
+static ALLOCATOR: infra::Allocator = infra::Allocator;
+
 #[path = "../bench/measure.rs"]
 mod measure;
 #[path = "../bench/report.rs"]
@@ -54,6 +57,9 @@ struct Cli {
     /// Command concurrencies (closed loop), e.g. `1,8,32`.
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
+    /// Orders in the projector's backlog (5 events each), produced in waves of at most 10 000.
+    #[arg(long)]
+    backlog: Option<usize>,
     /// Extra environment for the command-api under test, e.g.
     /// `--command-api-env APP_COMMAND_API__SWEEPER_INTERVAL_MS=3600000` (for experiments).
     #[arg(long)]
@@ -107,6 +113,10 @@ impl Plan {
         };
         if !cli.concurrency.is_empty() {
             plan.concurrencies = cli.concurrency.clone();
+        }
+        if let Some(orders) = cli.backlog {
+            plan.backlog_orders = orders.max(1);
+            plan.wave = plan.backlog_orders.min(10_000);
         }
         plan
     }
