@@ -95,25 +95,83 @@ impl OrderEvent {
         schema_version: u32,
         payload: serde_json::Value,
     ) -> Result<Self, DecodeError> {
+        if schema_version == Self::current_schema_version(event_type) {
+            return Self::from_current_payload(event_type, &payload);
+        }
         let payload = upcast(event_type, schema_version, payload)?;
-        let tagged = serde_json::json!({ "event_type": event_type, "payload": payload });
-        serde_json::from_value(tagged).map_err(|e| DecodeError::Payload {
-            event_type: event_type.to_string(),
-            reason: e.to_string(),
-        })
+        Self::from_current_payload(event_type, &payload)
     }
 
+    /// Decode the envelope's event. A payload of the current schema version is read in place.
     pub fn from_envelope(envelope: &EventEnvelope) -> Result<Self, DecodeError> {
         if envelope.aggregate_type != ORDER_AGGREGATE {
             return Err(DecodeError::UnknownAggregate(
                 envelope.aggregate_type.clone(),
             ));
         }
-        Self::from_payload(
-            &envelope.event_type,
-            envelope.schema_version,
-            envelope.payload.clone(),
-        )
+        let (event_type, version) = (&envelope.event_type, envelope.schema_version);
+        if version == Self::current_schema_version(event_type) {
+            return Self::from_current_payload(event_type, &envelope.payload);
+        }
+        Self::from_payload(event_type, version, envelope.payload.clone())
+    }
+
+    /// Read a payload of the current schema version as the adjacently tagged enum, without
+    /// building (or cloning into) a tagged JSON object first.
+    fn from_current_payload(
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Self, DecodeError> {
+        if !Self::TYPES.contains(&event_type) {
+            return Err(DecodeError::UnknownType(event_type.to_string()));
+        }
+        let tagged = serde::de::value::MapAccessDeserializer::new(Tagged {
+            event_type,
+            payload,
+            read: 0,
+        });
+        Self::deserialize(tagged).map_err(|e| DecodeError::Payload {
+            event_type: event_type.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// `{"event_type": …, "payload": …}` as a map the derived deserializer reads, borrowing both.
+struct Tagged<'a> {
+    event_type: &'a str,
+    payload: &'a serde_json::Value,
+    /// Entries handed out so far.
+    read: u8,
+}
+
+impl<'de> serde::de::MapAccess<'de> for Tagged<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer;
+        let key = match self.read {
+            0 => "event_type",
+            1 => "payload",
+            _ => return Ok(None),
+        };
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::IntoDeserializer;
+        self.read += 1;
+        if self.read == 1 {
+            seed.deserialize(self.event_type.into_deserializer())
+        } else {
+            seed.deserialize(self.payload)
+        }
     }
 }
 
