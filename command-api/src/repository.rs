@@ -359,8 +359,14 @@ impl OrderRepository {
         let _turn = self.locks[stripe(id)].lock().await;
         let mut head = self.cached(id);
         let mut from_cache = head.is_some();
-        for attempt in 1..=self.max_attempts {
-            if !from_cache {
+        // Placing an order needs no read first: its `INSERT … IF NOT EXISTS` tells whether the
+        // row exists, and only then is it read (to answer a replay or refuse a second placing).
+        let mut assume_new = head.is_none()
+            && ctx.if_match.is_none()
+            && matches!(ctx.command, OrderCommand::PlaceOrder { .. });
+        let mut attempt = 1;
+        while attempt <= self.max_attempts {
+            if !from_cache && !assume_new {
                 head = self.load(id).await?;
             }
             if attempt > 1 {
@@ -368,6 +374,12 @@ impl OrderRepository {
             }
             match self.attempt(&ctx, head.take()).await? {
                 Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::LostRace if assume_new => {
+                    // The order exists: read it and decide again; not a lost race.
+                    assume_new = false;
+                    from_cache = false;
+                    continue;
+                }
                 Attempt::LostRace => {
                     metrics::counter!("command_lwt_conflicts_total").increment(1);
                     tracing::debug!(attempt, "LWT lost a race; reloading");
@@ -375,6 +387,7 @@ impl OrderRepository {
                     from_cache = false;
                 }
             }
+            attempt += 1;
         }
         Err(CommandError::Conflict(self.max_attempts))
     }

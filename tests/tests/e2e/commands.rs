@@ -110,6 +110,41 @@ async fn the_same_idempotency_key_twice_gives_the_same_answer_and_one_set_of_eve
     other.stop().await.unwrap();
 }
 
+/// A placing skips the read of the aggregate row (its `IF NOT EXISTS` tells whether the order
+/// exists): an instance that never saw the order must still replay the first answer for the same
+/// key and refuse the order id without it, even when it may try its LWT only once.
+#[tokio::test]
+async fn placing_an_order_another_instance_placed_replays_or_refuses_with_one_attempt() {
+    let mut settings = settings_with_fresh_topic("place-elsewhere").await.unwrap();
+    settings.command_api.max_lwt_attempts = 1;
+    let a = CommandApi::spawn(settings.clone()).await.unwrap();
+    let b = CommandApi::spawn(settings.clone()).await.unwrap();
+    let order = uuid::Uuid::now_v7();
+    let body = json!({"order_id": order, "customer_id": uuid::Uuid::now_v7(), "currency": "EUR",
+                      "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 700}]});
+    let key = [("Idempotency-Key", "place-here")];
+    let first = a.post("/v1/orders", body.clone(), &key).await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.body);
+
+    let replayed = b.post("/v1/orders", body.clone(), &key).await.unwrap();
+    assert_eq!((replayed.status, &replayed.body), (201, &first.body));
+    let reused = b.post("/v1/orders", body, &[]).await.unwrap();
+    assert_eq!(reused.status, 409, "{}", reused.body);
+    assert_eq!(
+        reused.body["type"]
+            .as_str()
+            .map(|t| t.ends_with("order-exists")),
+        Some(true),
+        "{}",
+        reused.body
+    );
+
+    let records = read_topic(&settings, &settings.kafka.topic).await.unwrap();
+    assert_eq!(sequences_of(&records, order).unwrap(), vec![1]);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_command_aborted_after_its_lwt_is_published_by_the_sweeper() {
     let mut settings = settings_with_fresh_topic("abort").await.unwrap();
