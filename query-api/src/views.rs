@@ -4,7 +4,8 @@
 //! How the wait avoids hammering CQL: all requests waiting on the same order share **one poller
 //! task** (registered in `pollers` by order id), which publishes each read on a `watch` channel;
 //! every waiter returns as soon as the published view reaches its own `min_version`. The poller
-//! reads right away, then **re-reads only when the `orders` projection recorded a batch**: while
+//! starts from the read its first waiter just made (with the progress known before that read),
+//! then **re-reads only when the `orders` projection recorded a batch**: while
 //! anyone waits, one watcher task reads the projection's offsets every 2 ms (one small
 //! single-partition query for all waiters) and wakes the pollers when they moved. So waiting costs
 //! one read per order per projector batch, not per timer tick: when the projector falls behind,
@@ -95,7 +96,6 @@ pub fn render(row: &OrderRow) -> StoreResult<CachedView> {
 /// What the shared poller of one order saw last.
 #[derive(Debug, Clone)]
 enum Polled {
-    NotYet,
     Missing,
     Found(Arc<CachedView>),
     Failed(StoreError),
@@ -128,6 +128,7 @@ impl OrderViews {
 
     /// Read the store, render, remember.
     async fn load(&self, order_id: Uuid) -> StoreResult<Option<Arc<CachedView>>> {
+        metrics::counter!("query_order_detail_reads_total").increment(1);
         let Some(row) = self.store.order_detail(order_id).await? else {
             return Ok(None);
         };
@@ -163,16 +164,19 @@ impl OrderViews {
         if let Some(view) = self.cached(order_id, Some(min_version)) {
             return Ok(view);
         }
+        // Progress as known before this read: a poller started on it re-reads only once the
+        // projection moved past it (a stale value only costs one early re-read).
+        let seen = *self.progress.borrow();
         let first = self.load(order_id).await?;
         if let Some(view) = first.as_ref().filter(|v| v.version >= min_version) {
             return Ok(view.clone());
         }
-        let mut rx = self.subscribe(order_id);
+        let mut rx = self.subscribe(order_id, seen, &first);
         let caught = tokio::time::timeout_at(deadline, async {
             rx.wait_for(|p| match p {
                 Polled::Found(v) => v.version >= min_version,
                 Polled::Failed(_) => true,
-                Polled::NotYet | Polled::Missing => false,
+                Polled::Missing => false,
             })
             .await
             .map(|polled| polled.clone())
@@ -195,28 +199,38 @@ impl OrderViews {
                 wanted: min_version,
                 current: v.version,
             }),
-            Polled::NotYet => match first {
+            // The poller found nothing, but this waiter's own read had found an older version.
+            Polled::Missing => match first {
                 Some(v) => Err(ApiError::NotCaughtUp {
                     wanted: min_version,
                     current: v.version,
                 }),
                 None => Err(not_found(order_id)),
             },
-            Polled::Missing => Err(not_found(order_id)),
         }
     }
 
-    /// Listen to the order's poller, starting one if nobody polls it yet.
-    fn subscribe(self: &Arc<Self>, order_id: Uuid) -> watch::Receiver<Polled> {
+    /// Listen to the order's poller, starting one if nobody polls it yet. A new poller starts
+    /// from the waiter's own read (`first`, made after `seen` was the progress) instead of
+    /// reading the same row again at once.
+    fn subscribe(
+        self: &Arc<Self>,
+        order_id: Uuid,
+        seen: Option<i64>,
+        first: &Option<Arc<CachedView>>,
+    ) -> watch::Receiver<Polled> {
         let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = pollers.get(&order_id) {
             return tx.subscribe();
         }
-        let (tx, rx) = watch::channel(Polled::NotYet);
+        let (tx, rx) = watch::channel(match first {
+            Some(view) => Polled::Found(view.clone()),
+            None => Polled::Missing,
+        });
         let tx = Arc::new(tx);
         pollers.insert(order_id, tx.clone());
         let views = self.clone();
-        tokio::spawn(async move { views.poll(order_id, tx).await });
+        tokio::spawn(async move { views.poll(order_id, tx, seen).await });
         if !self
             .watching
             .swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -255,18 +269,22 @@ impl OrderViews {
         }
     }
 
-    async fn poll(self: Arc<Self>, order_id: Uuid, tx: Arc<watch::Sender<Polled>>) {
+    /// Re-read the order for its waiters until none is left; the first read was the starting
+    /// waiter's, made after the progress was `seen`.
+    async fn poll(
+        self: Arc<Self>,
+        order_id: Uuid,
+        tx: Arc<watch::Sender<Polled>>,
+        seen: Option<i64>,
+    ) {
         let mut interval = FIRST_POLL_INTERVAL;
         let mut progress = self.progress.subscribe();
+        let mut gated = seen.is_some();
+        if gated && *progress.borrow_and_update() != seen {
+            // It moved since (or the watcher had not started and `seen` is stale): look again.
+            progress.mark_changed();
+        }
         loop {
-            // Progress seen before the read: whatever the projector records after it wakes us.
-            let gated = progress.borrow_and_update().is_some();
-            let polled = match self.load(order_id).await {
-                Ok(Some(view)) => Polled::Found(view),
-                Ok(None) => Polled::Missing,
-                Err(e) => Polled::Failed(e),
-            };
-            tx.send_replace(polled);
             {
                 // Checked under the registry lock, so a waiter either joins before we leave (and
                 // we go on) or finds no poller and starts a new one.
@@ -282,6 +300,14 @@ impl OrderViews {
                 tokio::time::sleep(interval).await;
                 interval = (interval * 2).min(MAX_POLL_INTERVAL);
             }
+            // Progress seen before the read: whatever the projector records after it wakes us.
+            gated = progress.borrow_and_update().is_some();
+            let polled = match self.load(order_id).await {
+                Ok(Some(view)) => Polled::Found(view),
+                Ok(None) => Polled::Missing,
+                Err(e) => Polled::Failed(e),
+            };
+            tx.send_replace(polled);
         }
     }
 
@@ -368,6 +394,41 @@ mod tests {
         let v = views(store.clone());
         let got = v.get_at_least(id, 5, Duration::from_secs(2)).await.unwrap();
         assert!(got.version >= 5);
+    }
+
+    #[tokio::test]
+    async fn a_new_poller_starts_from_its_waiters_read_instead_of_reading_again() {
+        let store = Arc::new(MemoryStore::new());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        store.put(MemoryStore::order(a, 1));
+        store.put(MemoryStore::order(b, 1));
+        *store.progress.lock().unwrap() = Some(10);
+        let v = views(store.clone());
+        // A first waiter starts the progress watcher.
+        let first = {
+            let v = v.clone();
+            tokio::spawn(async move { v.get_at_least(a, 2, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let before = store.detail_reads.load(Ordering::SeqCst);
+
+        let second = {
+            let v = v.clone();
+            tokio::spawn(async move { v.get_at_least(b, 2, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Its own read only: the poller it started did not read the same row again.
+        assert_eq!(store.detail_reads.load(Ordering::SeqCst), before + 1);
+
+        store.put(MemoryStore::order(b, 2));
+        *store.progress.lock().unwrap() = Some(11);
+        let got = tokio::time::timeout(Duration::from_millis(50), second)
+            .await
+            .expect("woken by the progress")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.version, 2);
+        first.abort();
     }
 
     #[tokio::test]

@@ -668,6 +668,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 table: Arc::new(Mutex::new(measure::histogram())),
                 watching: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             };
+            let reads_before = order_detail_reads(&http, &fresh.query).await;
             let load = open_loop(
                 "commands + read-back (min_version)",
                 half,
@@ -722,6 +723,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("command latency p50 / p99 during the freshness run @ {half:.0}/s"),
                 format!("{} / {}", ms(load.ms(0.5)), ms(load.ms(0.99))),
             );
+            let reads_after = order_detail_reads(&http, &fresh.query).await;
+            if let (Some(before), Some(after)) = (reads_before, reads_after) {
+                if !h.is_empty() {
+                    let per = (after - before) / h.len() as f64;
+                    eprintln!("  query-api read order_detail {per:.2} times per read-back");
+                    table.row(
+                        "CQL reads of the order per read-back (query-api, `min_version` waits)",
+                        format!("{per:.2}"),
+                    );
+                }
+            }
+            for (label, who) in [
+                ("query-api", "query-api"),
+                ("projector", "projector"),
+                ("Cassandra", "cassandra"),
+            ] {
+                table.row(
+                    format!("CPU per command during the freshness run: {label}"),
+                    cpu(load.cpu_ms_per_op(&[who])),
+                );
+            }
         }
         (Err(e), _) => table.not_measured("freshness", format!("query-api: {e:#}")),
         (_, Err(e)) => table.not_measured("freshness", format!("projector: {e:#}")),
@@ -1329,6 +1351,25 @@ fn http_read_op(
             Ok(())
         }
     })
+}
+
+/// query-api's `query_order_detail_reads_total` (its CQL reads of `order_detail`), from `/metrics`.
+async fn order_detail_reads(http: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    // Absent until the first read.
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("query_order_detail_reads_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum(),
+    )
 }
 
 // ------------------------------------------------------------------------------------------------
