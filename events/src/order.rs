@@ -95,9 +95,7 @@ impl OrderEvent {
         schema_version: u32,
         payload: serde_json::Value,
     ) -> Result<Self, DecodeError> {
-        if schema_version == Self::current_schema_version(event_type) {
-            return Self::from_current_payload(event_type, &payload);
-        }
+        // A payload of the current version passes through the upcaster untouched.
         let payload = upcast(event_type, schema_version, payload)?;
         Self::from_current_payload(event_type, &payload)
     }

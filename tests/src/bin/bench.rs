@@ -462,23 +462,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .ratio(stack_cmd.unwrap_or(f64::NAN), stack_base);
         // Apart: the LWT baseline is pure Cassandra, the produce baseline pure Kafka (with the
         // batching of 32 concurrent producers, which one command's record rarely gets).
-        for (part, name, base) in [
-            ("cassandra", "Cassandra", lwt.cpu_ms_per_op(&["cassandra"])),
-            ("kafka", "Kafka", produce.cpu_ms_per_op(&["kafka"])),
+        for (part, name, base_name, base) in [
+            (
+                "cassandra",
+                "Cassandra",
+                "raw LWT",
+                lwt.cpu_ms_per_op(&["cassandra"]),
+            ),
+            (
+                "kafka",
+                "Kafka",
+                "raw produce",
+                produce.cpu_ms_per_op(&["kafka"]),
+            ),
         ] {
             let used = cmd.cpu_ms_per_op(&[part]);
             let base = base.unwrap_or(f64::NAN);
             table
                 .row(format!("CPU per command: {name} (c={peak_c})"), cpu(used))
-                .baseline(format!(
-                    "{}: {}",
-                    if part == "kafka" {
-                        "raw produce"
-                    } else {
-                        "raw LWT"
-                    },
-                    cpu(Some(base))
-                ))
+                .baseline(format!("{base_name}: {}", cpu(Some(base))))
                 .ratio(used.unwrap_or(f64::NAN), base);
         }
         table.row(
