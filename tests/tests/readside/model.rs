@@ -112,10 +112,21 @@ impl Plan {
             .collect()
     }
 
-    /// Send the plan as commands; each must succeed with the next version.
+    /// Send the plan as commands; each must succeed with the next version. A 503 (the database
+    /// or broker briefly unavailable, as under the rebuild's load) is retried with the same
+    /// idempotency key, as the API asks clients to: it must then still answer the next version.
     pub async fn send(&self, api: &CommandApi) -> anyhow::Result<()> {
         for (k, event) in self.events.iter().enumerate() {
-            let reply = send_command(api, self.order, event).await?;
+            let key = format!("readside-{}-{k}", self.order);
+            let mut reply =
+                send_keyed(api, self.order, event, &[("Idempotency-Key", &key)]).await?;
+            for _ in 0..RETRIES_ON_503 {
+                if reply.status != 503 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                reply = send_keyed(api, self.order, event, &[("Idempotency-Key", &key)]).await?;
+            }
             let expected_status = if k == 0 { 201 } else { 200 };
             anyhow::ensure!(
                 reply.status == expected_status && reply.body["version"] == json!(k + 1),
@@ -131,10 +142,23 @@ impl Plan {
 }
 
 /// The command that causes `event` on `order`.
+/// How often [`Plan::send`] retries a command that answered 503.
+const RETRIES_ON_503: usize = 5;
+
 pub async fn send_command(
     api: &CommandApi,
     order: Uuid,
     event: &OrderEvent,
+) -> anyhow::Result<tests::Reply> {
+    send_keyed(api, order, event, &[]).await
+}
+
+/// [`send_command`] with extra request headers.
+async fn send_keyed(
+    api: &CommandApi,
+    order: Uuid,
+    event: &OrderEvent,
+    headers: &[(&str, &str)],
 ) -> anyhow::Result<tests::Reply> {
     let path = |tail: &str| format!("/v1/orders/{order}{tail}");
     match event {
@@ -147,19 +171,17 @@ pub async fn send_command(
             api.post(
                 "/v1/orders",
                 json!({"order_id": order_id, "customer_id": customer_id, "currency": currency, "items": items}),
-                &[],
+                headers,
             )
             .await
         }
-        OrderEvent::ItemAdded(item) => api.post(&path("/items"), json!(item), &[]).await,
+        OrderEvent::ItemAdded(item) => api.post(&path("/items"), json!(item), headers).await,
         OrderEvent::ItemRemoved { sku } => {
-            tests::Reply::from(
-                api.http
-                    .delete(api.url(&path(&format!("/items/{sku}"))))
-                    .send()
-                    .await?,
-            )
-            .await
+            let mut request = api.http.delete(api.url(&path(&format!("/items/{sku}"))));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            tests::Reply::from(request.send().await?).await
         }
         OrderEvent::PaymentRecorded {
             amount_cents,
@@ -168,7 +190,7 @@ pub async fn send_command(
             api.post(
                 &path("/payments"),
                 json!({"amount_cents": amount_cents, "payment_ref": payment_ref}),
-                &[],
+                headers,
             )
             .await
         }
@@ -179,12 +201,12 @@ pub async fn send_command(
             api.post(
                 &path("/shipments"),
                 json!({"carrier": carrier, "tracking_number": tracking_number}),
-                &[],
+                headers,
             )
             .await
         }
         OrderEvent::OrderCancelled { reason } => {
-            api.post(&path("/cancellation"), json!({"reason": reason}), &[])
+            api.post(&path("/cancellation"), json!({"reason": reason}), headers)
                 .await
         }
     }
