@@ -18,6 +18,8 @@ pub const EVENTS_APPLIED: &str = "projector_events_applied_total";
 pub const APPLY_SECONDS: &str = "projector_apply_seconds";
 pub const LAG: &str = "projector_lag";
 pub const DEAD_LETTERS: &str = "projector_dead_letters_total";
+/// Reads of a stored row a projection needed before it could fold an aggregate's events.
+pub const STATE_READS: &str = "projector_state_reads_total";
 
 pub fn events_applied(projection: &'static str, count: usize) {
     metrics::counter!(EVENTS_APPLIED, "projection" => projection).increment(count as u64);
@@ -25,6 +27,10 @@ pub fn events_applied(projection: &'static str, count: usize) {
 
 pub fn apply_seconds(projection: &'static str, seconds: f64) {
     metrics::histogram!(APPLY_SECONDS, "projection" => projection).record(seconds);
+}
+
+pub fn state_read(projection: &'static str) {
+    metrics::counter!(STATE_READS, "projection" => projection).increment(1);
 }
 
 pub fn dead_letter(projection: &'static str) {

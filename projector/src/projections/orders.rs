@@ -1,10 +1,11 @@
 //! Projection `orders`: the current state of every order, folded from its events.
 //!
-//! Per aggregate of a batch: read the `order_detail` row (it carries the version it reflects),
-//! [`fold`] the events with a higher sequence onto it, then write `order_detail`, the
-//! `orders_by_customer` entry and any `sales_by_day` change, all `USING TIMESTAMP <version>`: a
-//! write of an older state can never shadow a newer one, whichever order the writes land in, and a
-//! replayed event (sequence ≤ version) writes nothing at all.
+//! Per aggregate of a batch: take the `order_detail` row (it carries the version it reflects) —
+//! the one this writer wrote last, none when the events start at the order's first, else read
+//! from the table ([`start`]) — [`fold`] the events with a higher sequence onto it, then write
+//! `order_detail`, the `orders_by_customer` entry and any `sales_by_day` change, all
+//! `USING TIMESTAMP <version>`: a write of an older state can never shadow a newer one, whichever
+//! order the writes land in, and a replayed event (sequence ≤ version) writes nothing at all.
 //!
 //! `sales_by_day` holds one row per paid order on the UTC day of its payment; cancelling a paid
 //! order deletes that row with the cancellation's version, which is higher than the payment's, so
@@ -102,6 +103,44 @@ pub enum SalesChange {
         day: NaiveDate,
         version: i64,
     },
+}
+
+/// Where the fold of an aggregate's events starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// From this row (`None`: from nothing), without reading the table.
+    From(Option<OrderRow>),
+    /// From the table's row: it has to be read.
+    Read,
+}
+
+/// Decide whether folding `aggregate` needs the stored row, given the row this writer cached.
+///
+/// - A cached row serves when the first event newer than it follows it directly. A gap means the
+///   cache may be behind the table (it was folded from a late duplicate of the order's first
+///   events, below): the table decides.
+/// - Without a cached row, events that run 1, 2, …, k without a gap are the whole history up to
+///   k: folded from nothing they give exactly the state at version k, so no read is needed.
+///   Whatever the table holds, it can only be that same state or a newer one, and every write is
+///   timestamped with its version, so an equal write changes nothing and an older one is
+///   shadowed. This spares the read of every new order (and of every order in a rebuild).
+pub fn start(cached: Option<OrderRow>, aggregate: &AggregateEvents) -> Start {
+    let sequences = || aggregate.events.iter().map(|e| e.envelope.sequence);
+    match cached {
+        Some(row) => {
+            let version = u64::try_from(row.version).unwrap_or(0);
+            match sequences().find(|&s| s > version) {
+                Some(next) if next != version + 1 => Start::Read,
+                _ => Start::From(Some(row)),
+            }
+        }
+        None if !aggregate.events.is_empty()
+            && sequences().zip(1u64..).all(|(s, expected)| s == expected) =>
+        {
+            Start::From(None)
+        }
+        None => Start::Read,
+    }
 }
 
 /// The outcome of folding a batch of events onto a row.
@@ -422,12 +461,16 @@ impl OrdersWriter {
         }))
     }
 
-    /// The stored state of an order: the row this writer wrote last, else the table's.
+    /// The state to fold an order's events onto: the row this writer wrote last, no row at all
+    /// when the events start at the order's beginning, else the table's (see [`start`]).
     async fn current(&self, aggregate: &AggregateEvents) -> Result<Option<OrderRow>, ApplyError> {
         let (tenant, id) = (aggregate.tenant_id.as_str(), aggregate.aggregate_id);
-        match self.rows.get(tenant, id) {
-            Some(row) => Ok(Some(row)),
-            None => self.load(tenant, id).await,
+        match start(self.rows.get(tenant, id), aggregate) {
+            Start::From(row) => Ok(row),
+            Start::Read => {
+                crate::metrics::state_read(NAME);
+                self.load(tenant, id).await
+            }
         }
     }
 
@@ -884,5 +927,76 @@ mod tests {
             assert_eq!(Status::parse(status.as_str()), Some(status));
         }
         assert_eq!(Status::parse("lost"), None);
+    }
+
+    fn added(order: Uuid, sequence: u64) -> Event {
+        event(
+            order,
+            sequence,
+            at(1, 10),
+            OrderEvent::ItemAdded(line("B", 1, 250)),
+        )
+    }
+
+    fn row_at(order: Uuid, version: i64) -> OrderRow {
+        OrderRow {
+            version,
+            ..OrderRow::new(events::DEFAULT_TENANT, order)
+        }
+    }
+
+    #[test]
+    fn an_order_s_history_from_its_first_event_folds_without_reading_the_table() {
+        let order = Uuid::now_v7();
+        let history = aggregate(
+            order,
+            vec![
+                placed(order, Uuid::now_v7()),
+                added(order, 2),
+                added(order, 3),
+            ],
+        );
+
+        assert_eq!(start(None, &history), Start::From(None));
+    }
+
+    #[test]
+    fn events_that_do_not_start_at_the_first_or_leave_a_gap_need_the_stored_row() {
+        let order = Uuid::now_v7();
+        let later = aggregate(order, vec![added(order, 2), added(order, 3)]);
+        // A late duplicate of the first event beside a newer one: 2 is in the table only.
+        let gap = aggregate(order, vec![placed(order, Uuid::now_v7()), added(order, 3)]);
+
+        assert_eq!(start(None, &later), Start::Read);
+        assert_eq!(start(None, &gap), Start::Read);
+        assert_eq!(start(None, &aggregate(order, vec![])), Start::Read);
+    }
+
+    #[test]
+    fn a_cached_row_serves_when_the_next_event_follows_it_or_nothing_is_new() {
+        let order = Uuid::now_v7();
+        let next = aggregate(
+            order,
+            vec![added(order, 2), added(order, 3), added(order, 4)],
+        );
+        let replayed = aggregate(order, vec![placed(order, Uuid::now_v7())]);
+
+        assert_eq!(
+            start(Some(row_at(order, 2)), &next),
+            Start::From(Some(row_at(order, 2)))
+        );
+        assert_eq!(
+            start(Some(row_at(order, 3)), &replayed),
+            Start::From(Some(row_at(order, 3)))
+        );
+    }
+
+    #[test]
+    fn a_cached_row_behind_the_next_event_gives_way_to_the_table() {
+        // Cached at 1 after folding a late duplicate of OrderPlaced; the table is at 5.
+        let order = Uuid::now_v7();
+        let next = aggregate(order, vec![added(order, 6)]);
+
+        assert_eq!(start(Some(row_at(order, 1)), &next), Start::Read);
     }
 }
