@@ -77,10 +77,31 @@ pub async fn command(
 
 /// Closed loop: each worker walks its own orders through the lifecycle.
 pub fn closed_commands(http: reqwest::Client, base: String, workers: usize) -> OpFn {
+    closed_lifecycle(http, base, None, workers)
+}
+
+/// Closed loop of read-your-writes clients: as [`closed_commands`], and each command's result is
+/// read back through query-api (`GET /v1/orders/{id}?min_version=v`) before the next is sent.
+pub fn closed_commands_read_back(
+    http: reqwest::Client,
+    base: String,
+    query: String,
+    workers: usize,
+) -> OpFn {
+    closed_lifecycle(http, base, Some(query), workers)
+}
+
+fn closed_lifecycle(
+    http: reqwest::Client,
+    base: String,
+    query: Option<String>,
+    workers: usize,
+) -> OpFn {
     let current: Arc<Vec<Mutex<Uuid>>> =
         Arc::new((0..workers).map(|_| Mutex::new(Uuid::nil())).collect());
     crate::measure::op(move |seq, worker| {
-        let (http, base, current) = (http.clone(), base.clone(), current.clone());
+        let (http, base, query, current) =
+            (http.clone(), base.clone(), query.clone(), current.clone());
         async move {
             let step = (seq % STEPS as u64) as usize;
             let id = if step == 0 {
@@ -92,7 +113,17 @@ pub fn closed_commands(http: reqwest::Client, base: String, workers: usize) -> O
             } else {
                 current[worker].lock().map(|c| *c).unwrap_or_default()
             };
-            command(&http, &base, id, step).await.map(|_| ())
+            let version = command(&http, &base, id, step).await?;
+            if let Some(query) = query {
+                let url = format!("{query}/v1/orders/{id}?min_version={version}&wait_ms=5000");
+                let response = http.get(url).send().await.context("reading back")?;
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                if status != 200 {
+                    bail!("read-back of {id} at version {version} answered {status}");
+                }
+            }
+            Ok(())
         }
     })
 }

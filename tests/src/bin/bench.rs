@@ -73,6 +73,9 @@ struct Cli {
 }
 
 struct Plan {
+    /// Unmeasured load on the JVMs before the first measurement: right after `infra/dev up` their
+    /// JIT is cold and the first raw baseline would run at a fraction of its later rate.
+    stack_warmup: Duration,
     warmup: Duration,
     throughput: Duration,
     latency: Duration,
@@ -88,6 +91,7 @@ impl Plan {
     fn new(cli: &Cli) -> Self {
         let mut plan = if cli.quick {
             Plan {
+                stack_warmup: Duration::from_secs(6),
                 warmup: Duration::from_millis(1000),
                 throughput: Duration::from_secs(4),
                 latency: Duration::from_secs(6),
@@ -100,6 +104,7 @@ impl Plan {
             }
         } else {
             Plan {
+                stack_warmup: Duration::from_secs(15),
                 warmup: Duration::from_secs(3),
                 throughput: Duration::from_secs(20),
                 latency: Duration::from_secs(30),
@@ -262,6 +267,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         partitions,
     )
     .await?;
+
+    // ---------------------------------------------------------------- JVM warm-up
+    section("warm-up of Kafka and Cassandra (not measured)");
+    let third = plan.stack_warmup / 3;
+    for (label, warm) in [
+        ("warm-up: raw CQL LWT insert", raw.lwt_op()),
+        (
+            "warm-up: commands (mix)",
+            workload::closed_commands(http.clone(), cmd_base.clone(), 8),
+        ),
+        ("warm-up: raw produce", raw.produce_op()),
+    ] {
+        closed_loop(label, 8, Duration::ZERO, third, &procs, warm).await;
+    }
 
     // ---------------------------------------------------------------- write path: throughput
     section("write path: closed-loop throughput, raw LWT vs commands");
@@ -650,102 +669,90 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match (&query_cached, &projector_svc) {
         (Ok(q), Ok(_)) => {
-            section(&format!(
-                "freshness: command accepted → visible through query-api, at {half:.0} commands/s"
-            ));
+            let query = format!("http://{}", q.addr);
             let g = active_generation(&session, &ks, "orders")
                 .await
                 .unwrap_or(1);
-            let fresh = workload::Freshness {
-                query: format!("http://{}", q.addr),
+            let select = session
+                .prepare(format!(
+                    "SELECT version FROM {ks}.order_detail_g{g} WHERE tenant_id = ? AND order_id = ?"
+                ))
+                .await?;
+            let fresh = || workload::Freshness {
+                query: query.clone(),
                 api: Arc::new(Mutex::new(measure::histogram())),
                 failures: Arc::new(AtomicU64::new(0)),
                 session: session.clone(),
-                select: session
-                    .prepare(format!(
-                        "SELECT version FROM {ks}.order_detail_g{g} WHERE tenant_id = ? AND order_id = ?"
-                    ))
-                    .await?,
+                select: select.clone(),
                 tenant: settings.tenant.clone(),
                 table: Arc::new(Mutex::new(measure::histogram())),
                 watching: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             };
-            let reads_before = order_detail_reads(&http, &fresh.query).await;
-            let load = open_loop(
-                "commands + read-back (min_version)",
+            section(&format!(
+                "freshness: command accepted → visible through query-api, at {half:.0} commands/s (half the write path's peak)"
+            ));
+            freshness(
+                &mut table,
+                &format!("@ {half:.0} commands/s"),
+                true,
                 half,
-                plan.latency,
+                &plan,
                 &procs,
-                workload::open_commands(http.clone(), cmd_base.clone(), Some(fresh.clone())),
+                &http,
+                &cmd_base,
+                fresh(),
             )
             .await;
-            // Let the last read-backs land.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let h = fresh
-                .api
-                .lock()
-                .map(|h| h.clone())
-                .unwrap_or_else(|_| measure::histogram());
-            let t = fresh
-                .table
-                .lock()
-                .map(|h| h.clone())
-                .unwrap_or_else(|_| measure::histogram());
-            let q =
-                |h: &hdrhistogram::Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-            let failures = fresh.failures.load(std::sync::atomic::Ordering::Relaxed);
-            eprintln!(
-                "  freshness through query-api over {} commands: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, read-back failures {failures}",
-                h.len(), q(&h, 0.5), q(&h, 0.99), h.max() as f64 / 1000.0
-            );
-            eprintln!(
-                "  freshness at the table over {} commands: p50 {:.2} ms, p99 {:.2} ms",
-                t.len(),
-                q(&t, 0.5),
-                q(&t, 0.99)
-            );
+
+            // The same at half the peak the whole system sustains: commands while the projector
+            // applies them and every one is read back, in closed loop. The write path's peak above
+            // runs with nothing else on the machine; on one 2-core box the read side takes its
+            // share of the same CPUs. Each client waits for its read-back (tens of ms), so four
+            // times the write path's peak concurrency keeps the machine saturated.
+            let c = (peak_c * 4).clamp(32, 256);
+            section(&format!(
+                "system peak: commands with every one read back through query-api, closed loop c={c}"
+            ));
+            let system = closed_loop(
+                "commands + read-back (closed loop)",
+                c,
+                plan.warmup,
+                plan.throughput,
+                &procs,
+                workload::closed_commands_read_back(
+                    http.clone(),
+                    cmd_base.clone(),
+                    query.clone(),
+                    c,
+                ),
+            )
+            .await;
             table
                 .row(
                     format!(
-                        "**freshness p50 / p99** @ {half:.0} commands/s, through query-api `min_version` (n={}, failures {failures}, command errors {})",
-                        h.len(),
-                        load.errors
+                        "commands/s, peak with the read side running (c={c}, each command read back with `min_version`; errors {})",
+                        system.errors
                     ),
-                    format!("{} / {}", ms(q(&h, 0.5)), ms(q(&h, 0.99))),
+                    rate(system.rate()),
                 )
-                .target("p99 ≤ 50 ms", Some(q(&h, 0.99) <= 50.0 && !h.is_empty()));
-            table.row(
-                format!(
-                    "freshness p50 / p99 at the table (one command at a time, order_detail polled every 2 ms, n={})",
-                    t.len()
-                ),
-                format!("{} / {}", ms(q(&t, 0.5)), ms(q(&t, 0.99))),
-            );
-            table.row(
-                format!("command latency p50 / p99 during the freshness run @ {half:.0}/s"),
-                format!("{} / {}", ms(load.ms(0.5)), ms(load.ms(0.99))),
-            );
-            let reads_after = order_detail_reads(&http, &fresh.query).await;
-            if let (Some(before), Some(after)) = (reads_before, reads_after) {
-                if !h.is_empty() {
-                    let per = (after - before) / h.len() as f64;
-                    eprintln!("  query-api read order_detail {per:.2} times per read-back");
-                    table.row(
-                        "CQL reads of the order per read-back (query-api, `min_version` waits)",
-                        format!("{per:.2}"),
-                    );
-                }
-            }
-            for (label, who) in [
-                ("query-api", "query-api"),
-                ("projector", "projector"),
-                ("Cassandra", "cassandra"),
-            ] {
-                table.row(
-                    format!("CPU per command during the freshness run: {label}"),
-                    cpu(load.cpu_ms_per_op(&[who])),
-                );
-            }
+                .baseline(format!("write path alone {}", rate(peak_cmd)))
+                .ratio(system.rate(), peak_cmd);
+            let half_system = (system.rate() / 2.0).max(1.0);
+            section(&format!(
+                "freshness at half the system's peak ({half_system:.0} commands/s)"
+            ));
+            freshness(
+                &mut table,
+                &format!("@ {half_system:.0} commands/s (half the system's peak)"),
+                false,
+                half_system,
+                &plan,
+                &procs,
+                &http,
+                &cmd_base,
+                fresh(),
+            )
+            .await;
         }
         (Err(e), _) => table.not_measured("freshness", format!("query-api: {e:#}")),
         (_, Err(e)) => table.not_measured("freshness", format!("projector: {e:#}")),
@@ -997,8 +1004,8 @@ async fn finish(
 ) -> anyhow::Result<()> {
     let ks = &settings.cql.keyspace;
     table.note(format!(
-        "durations: warm-up {:?}, throughput {:?} per point, open-loop latency {:?}; backlog {} orders × {} events in waves of {}; {} partitions",
-        plan.warmup, plan.throughput, plan.latency, plan.backlog_orders, workload::STEPS, plan.wave, partitions
+        "durations: Kafka and Cassandra warmed up for {:?} (raw LWTs, commands, raw produces; not measured), then warm-up {:?}, throughput {:?} per point, open-loop latency {:?}; backlog {} orders × {} events in waves of {}; {} partitions",
+        plan.stack_warmup, plan.warmup, plan.throughput, plan.latency, plan.backlog_orders, workload::STEPS, plan.wave, partitions
     ));
     table.note("services run as child processes of the bench binary (release build, same code as the service binaries); the load generator shares the 2 cores with them and with the Kafka and Cassandra JVMs");
     table.note("CPU = utime+stime from /proc/<pid>/stat over the measured window, divided by the successful operations; RSS = peak VmRSS sampled every 250 ms");
@@ -1356,6 +1363,101 @@ fn http_read_op(
 }
 
 /// query-api's `query_order_detail_reads_total` (its CQL reads of `order_detail`), from `/metrics`.
+/// One freshness run: commands in open loop at `rate`, each read back through query-api with
+/// `min_version`, one at a time also watched at the table; rows go to `table` (`headline`: the
+/// row judged against the target, with the CPU and read-count rows beside it).
+#[allow(clippy::too_many_arguments)]
+async fn freshness(
+    table: &mut Table,
+    at: &str,
+    headline: bool,
+    rate_per_s: f64,
+    plan: &Plan,
+    procs: &Procs,
+    http: &reqwest::Client,
+    cmd_base: &str,
+    fresh: workload::Freshness,
+) {
+    let reads_before = order_detail_reads(http, &fresh.query).await;
+    let load = open_loop(
+        "commands + read-back (min_version)",
+        rate_per_s,
+        plan.latency,
+        procs,
+        workload::open_commands(http.clone(), cmd_base.to_string(), Some(fresh.clone())),
+    )
+    .await;
+    // Let the last read-backs land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let snapshot = |h: &Arc<Mutex<hdrhistogram::Histogram<u64>>>| {
+        h.lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| measure::histogram())
+    };
+    let (h, t) = (snapshot(&fresh.api), snapshot(&fresh.table));
+    let q = |h: &hdrhistogram::Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+    let failures = fresh.failures.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "  freshness through query-api over {} commands: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, read-back failures {failures}",
+        h.len(), q(&h, 0.5), q(&h, 0.99), h.max() as f64 / 1000.0
+    );
+    eprintln!(
+        "  freshness at the table over {} commands: p50 {:.2} ms, p99 {:.2} ms",
+        t.len(),
+        q(&t, 0.5),
+        q(&t, 0.99)
+    );
+    let name = if headline {
+        "**freshness p50 / p99**"
+    } else {
+        "freshness p50 / p99"
+    };
+    table
+        .row(
+            format!(
+                "{name} {at}, through query-api `min_version` (n={}, failures {failures}, command errors {})",
+                h.len(),
+                load.errors
+            ),
+            format!("{} / {}", ms(q(&h, 0.5)), ms(q(&h, 0.99))),
+        )
+        .target("p99 ≤ 50 ms", Some(q(&h, 0.99) <= 50.0 && !h.is_empty()));
+    table.row(
+        format!(
+            "freshness p50 / p99 {at} at the table (one command at a time, order_detail polled every 2 ms, n={})",
+            t.len()
+        ),
+        format!("{} / {}", ms(q(&t, 0.5)), ms(q(&t, 0.99))),
+    );
+    table.row(
+        format!("command latency p50 / p99 during the freshness run {at}"),
+        format!("{} / {}", ms(load.ms(0.5)), ms(load.ms(0.99))),
+    );
+    let reads_after = order_detail_reads(http, &fresh.query).await;
+    if let (Some(before), Some(after)) = (reads_before, reads_after) {
+        if !h.is_empty() {
+            let per = (after - before) / h.len() as f64;
+            eprintln!("  query-api read order_detail {per:.2} times per read-back");
+            table.row(
+                format!(
+                    "CQL reads of the order per read-back {at} (query-api, `min_version` waits)"
+                ),
+                format!("{per:.2}"),
+            );
+        }
+    }
+    for (label, who) in [
+        ("query-api", "query-api"),
+        ("projector", "projector"),
+        ("Cassandra", "cassandra"),
+    ] {
+        table.row(
+            format!("CPU per command during the freshness run {at}: {label}"),
+            cpu(load.cpu_ms_per_op(&[who])),
+        );
+    }
+}
+
 async fn order_detail_reads(http: &reqwest::Client, base: &str) -> Option<f64> {
     let text = http
         .get(format!("{base}/metrics"))
