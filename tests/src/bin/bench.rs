@@ -73,9 +73,10 @@ struct Cli {
 }
 
 struct Plan {
-    /// Unmeasured load on the JVMs before the first measurement: right after `infra/dev up` their
-    /// JIT is cold and the first raw baseline would run at a fraction of its later rate.
-    stack_warmup: Duration,
+    /// Unmeasured load on the JVMs before the first measurement, at least the first and at most
+    /// the second: right after `infra/dev up` their JIT is cold and the first raw baseline would
+    /// run at a fraction of its later rate.
+    stack_warmup: (Duration, Duration),
     warmup: Duration,
     throughput: Duration,
     latency: Duration,
@@ -91,7 +92,7 @@ impl Plan {
     fn new(cli: &Cli) -> Self {
         let mut plan = if cli.quick {
             Plan {
-                stack_warmup: Duration::from_secs(6),
+                stack_warmup: (Duration::from_secs(20), Duration::from_secs(60)),
                 warmup: Duration::from_millis(1000),
                 throughput: Duration::from_secs(4),
                 latency: Duration::from_secs(6),
@@ -104,7 +105,7 @@ impl Plan {
             }
         } else {
             Plan {
-                stack_warmup: Duration::from_secs(15),
+                stack_warmup: (Duration::from_secs(40), Duration::from_secs(120)),
                 warmup: Duration::from_secs(3),
                 throughput: Duration::from_secs(20),
                 latency: Duration::from_secs(30),
@@ -269,18 +270,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     .await?;
 
     // ---------------------------------------------------------------- JVM warm-up
+    // Rounds of raw LWTs, commands and raw produces until the raw LWT rate of a round is within
+    // 10 % of the previous one (the JIT has settled), between the bounds of `stack_warmup`.
     section("warm-up of Kafka and Cassandra (not measured)");
-    let third = plan.stack_warmup / 3;
-    for (label, warm) in [
-        ("warm-up: raw CQL LWT insert", raw.lwt_op()),
-        (
+    let warm_started = Instant::now();
+    let mut last_lwt: Option<f64> = None;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let lwt = closed_loop(
+            "warm-up: raw CQL LWT insert",
+            32,
+            Duration::ZERO,
+            Duration::from_secs(2),
+            &procs,
+            raw.lwt_op(),
+        )
+        .await
+        .rate();
+        closed_loop(
             "warm-up: commands (mix)",
-            workload::closed_commands(http.clone(), cmd_base.clone(), 8),
-        ),
-        ("warm-up: raw produce", raw.produce_op()),
-    ] {
-        closed_loop(label, 8, Duration::ZERO, third, &procs, warm).await;
+            32,
+            Duration::ZERO,
+            Duration::from_secs(2),
+            &procs,
+            workload::closed_commands(http.clone(), cmd_base.clone(), 32),
+        )
+        .await;
+        closed_loop(
+            "warm-up: raw produce",
+            32,
+            Duration::ZERO,
+            Duration::from_secs(1),
+            &procs,
+            raw.produce_op(),
+        )
+        .await;
+        let settled = last_lwt.is_some_and(|last| (lwt - last).abs() <= 0.1 * last);
+        last_lwt = Some(lwt);
+        let (least, most) = plan.stack_warmup;
+        let elapsed = warm_started.elapsed();
+        if (settled && elapsed >= least) || elapsed >= most {
+            break;
+        }
     }
+    let warmed = format!(
+        "{rounds} rounds, {:.0} s",
+        warm_started.elapsed().as_secs_f64()
+    );
+    eprintln!("  warmed up in {warmed}");
+    table.note(format!(
+        "Kafka and Cassandra warmed up first: {warmed} of raw LWTs, commands and raw produces, until the raw LWT rate of a round was within 10 % of the previous one (not measured)"
+    ));
 
     // ---------------------------------------------------------------- write path: throughput
     section("write path: closed-loop throughput, raw LWT vs commands");
@@ -1004,8 +1045,8 @@ async fn finish(
 ) -> anyhow::Result<()> {
     let ks = &settings.cql.keyspace;
     table.note(format!(
-        "durations: Kafka and Cassandra warmed up for {:?} (raw LWTs, commands, raw produces; not measured), then warm-up {:?}, throughput {:?} per point, open-loop latency {:?}; backlog {} orders × {} events in waves of {}; {} partitions",
-        plan.stack_warmup, plan.warmup, plan.throughput, plan.latency, plan.backlog_orders, workload::STEPS, plan.wave, partitions
+        "durations: warm-up {:?}, throughput {:?} per point, open-loop latency {:?}; backlog {} orders × {} events in waves of {}; {} partitions",
+        plan.warmup, plan.throughput, plan.latency, plan.backlog_orders, workload::STEPS, plan.wave, partitions
     ));
     table.note("services run as child processes of the bench binary (release build, same code as the service binaries); the load generator shares the 2 cores with them and with the Kafka and Cassandra JVMs");
     table.note("CPU = utime+stime from /proc/<pid>/stat over the measured window, divided by the successful operations; RSS = peak VmRSS sampled every 250 ms");
