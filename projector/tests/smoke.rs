@@ -217,19 +217,7 @@ async fn events_flow_into_the_read_models_and_a_rebuild_switches_generations() {
 
     // The service registers the projections itself; wait for it, then for the drain.
     for projection in ["orders", "order_history"] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while session
-            .query_unpaged("SELECT name FROM projections WHERE name = ?", (projection,))
-            .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap()
-            .rows_num()
-            == 0
-        {
-            assert!(Instant::now() < deadline, "{projection} never registered");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        registered(&session, projection).await;
         drain(&session, &settings, projection, 1).await;
     }
 
@@ -424,11 +412,11 @@ async fn project(settings: &infra::Settings, session: &Session, events: &[EventE
         .unwrap();
 }
 
-/// [`drain`] of `orders` g1, once the service has registered it.
-async fn drain_registered(session: &Session, settings: &infra::Settings) {
+/// Wait until the service has registered `projection`.
+async fn registered(session: &Session, projection: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while session
-        .query_unpaged("SELECT name FROM projections WHERE name = 'orders'", ())
+        .query_unpaged("SELECT name FROM projections WHERE name = ?", (projection,))
         .await
         .unwrap()
         .into_rows_result()
@@ -436,9 +424,14 @@ async fn drain_registered(session: &Session, settings: &infra::Settings) {
         .rows_num()
         == 0
     {
-        assert!(Instant::now() < deadline, "orders never registered");
+        assert!(Instant::now() < deadline, "{projection} never registered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// [`drain`] of `orders` g1, once the service has registered it.
+async fn drain_registered(session: &Session, settings: &infra::Settings) {
+    registered(session, "orders").await;
     drain(session, settings, "orders", 1).await;
 }
 
