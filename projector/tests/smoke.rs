@@ -140,12 +140,7 @@ async fn sales(session: &Session, g: i32, day: NaiveDate) -> Vec<(Uuid, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_flow_into_the_read_models_and_a_rebuild_switches_generations() {
-    infra::telemetry::init(&infra::settings::Telemetry {
-        format: "pretty".into(),
-        filter: "warn,projector=info".into(),
-    });
-    let id = Uuid::new_v4().simple().to_string()[..8].to_string();
-    let (settings, admin_session, session) = smoke_stack(&id).await;
+    let (id, settings, admin_session, session) = smoke_stack("warn,projector=info").await;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(projector::run(settings.clone(), async {
@@ -354,9 +349,14 @@ async fn events_flow_into_the_read_models_and_a_rebuild_switches_generations() {
     drop_stack(&settings, &admin_session).await;
 }
 
-/// Settings, a migrated keyspace and topics of this test's own (`id` names them), an admin
-/// session and one in the keyspace.
-async fn smoke_stack(id: &str) -> (infra::Settings, Arc<Session>, Arc<Session>) {
+/// Logging at `filter`, and a test's own stack: its id, settings naming a migrated keyspace and
+/// topics of its own after it, an admin session and one in the keyspace.
+async fn smoke_stack(filter: &str) -> (String, infra::Settings, Arc<Session>, Arc<Session>) {
+    infra::telemetry::init(&infra::settings::Telemetry {
+        format: "pretty".into(),
+        filter: filter.into(),
+    });
+    let id = Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut settings = infra::Settings::default();
     settings.cql.keyspace = format!("projector_smoke_{id}");
     settings.cql.consistency = "ONE".into();
@@ -372,7 +372,7 @@ async fn smoke_stack(id: &str) -> (infra::Settings, Arc<Session>, Arc<Session>) 
         .unwrap();
     infra::kafka::ensure_topics(&settings.kafka).await.unwrap();
     let session = infra::cql::connect_keyspace(&settings.cql).await.unwrap();
-    (settings, admin_session, session)
+    (id, settings, admin_session, session)
 }
 
 async fn drop_stack(settings: &infra::Settings, admin_session: &Session) {
@@ -440,12 +440,7 @@ async fn drain_registered(session: &Session, settings: &infra::Settings) {
 /// state the order's next event is folded onto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_duplicate_of_an_orders_first_event_after_a_restart_does_not_rewind_its_view() {
-    infra::telemetry::init(&infra::settings::Telemetry {
-        format: "pretty".into(),
-        filter: "warn".into(),
-    });
-    let id = Uuid::new_v4().simple().to_string()[..8].to_string();
-    let (settings, admin_session, session) = smoke_stack(&id).await;
+    let (_, settings, admin_session, session) = smoke_stack("warn").await;
     let order = Uuid::now_v7();
     let day = |h| Utc.with_ymd_and_hms(2026, 3, 1, h, 0, 0).unwrap();
     let line = |sku: &str, unit_price_cents| LineItem {

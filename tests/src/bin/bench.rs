@@ -278,34 +278,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut rounds = 0;
     loop {
         rounds += 1;
-        let lwt = closed_loop(
-            "warm-up: raw CQL LWT insert",
-            32,
-            Duration::ZERO,
-            Duration::from_secs(2),
-            &procs,
-            raw.lwt_op(),
-        )
-        .await
-        .rate();
-        closed_loop(
-            "warm-up: commands (mix)",
-            32,
-            Duration::ZERO,
-            Duration::from_secs(2),
-            &procs,
-            workload::closed_commands(http.clone(), cmd_base.clone(), 32),
-        )
-        .await;
-        closed_loop(
-            "warm-up: raw produce",
-            32,
-            Duration::ZERO,
-            Duration::from_secs(1),
-            &procs,
-            raw.produce_op(),
-        )
-        .await;
+        let mut lwt = 0.0;
+        for (label, secs, warm) in [
+            ("warm-up: raw CQL LWT insert", 2, raw.lwt_op()),
+            (
+                "warm-up: commands (mix)",
+                2,
+                workload::closed_commands(http.clone(), cmd_base.clone(), 32),
+            ),
+            ("warm-up: raw produce", 1, raw.produce_op()),
+        ] {
+            let outcome = closed_loop(
+                label,
+                32,
+                Duration::ZERO,
+                Duration::from_secs(secs),
+                &procs,
+                warm,
+            )
+            .await;
+            if lwt == 0.0 {
+                lwt = outcome.rate();
+            }
+        }
         let settled = last_lwt.is_some_and(|last| (lwt - last).abs() <= 0.1 * last);
         last_lwt = Some(lwt);
         let (least, most) = plan.stack_warmup;
