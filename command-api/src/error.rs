@@ -1,11 +1,11 @@
-//! Every command failure leaves as problem+json with the status of API.md.
+//! Every command failure leaves as problem+json with the status docs/api.md gives it.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infra::http::Problem;
 
 use crate::domain::order::OrderError;
-use crate::repository::CommandError;
+use crate::write::CommandError;
 
 impl IntoResponse for CommandError {
     fn into_response(self) -> Response {
@@ -29,6 +29,12 @@ pub fn problem(error: CommandError) -> Problem {
             detail,
         ),
         CommandError::NotFound(_) => Problem::not_found(detail),
+        CommandError::KeyReused => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            format!("{detail}; use a new key for a new request"),
+        ),
         CommandError::PreconditionFailed { .. } => Problem::new(
             StatusCode::PRECONDITION_FAILED,
             "version-mismatch",

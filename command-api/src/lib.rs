@@ -1,17 +1,17 @@
 //! The command API: HTTP commands in, events out to Kafka, guarded by one LWT per aggregate row.
 //!
 //! A request is validated at the edge ([`routes`]), turned into a domain command, and run through
-//! the write path of [`repository::OrderRepository`], which commits the new state and the event
-//! batch in CQL before publishing the batch with [`publisher::Publisher`]. The [`sweeper`]
-//! republishes batches whose writer died in between.
+//! the [`write::WritePath`], which commits the new state and the event batch in CQL
+//! ([`write::cql::CqlStore`]) before publishing the batch with [`publisher::Publisher`]. The
+//! [`sweeper`] republishes batches whose writer died in between.
 
 pub mod domain;
 mod error;
 pub mod openapi;
 pub mod publisher;
-pub mod repository;
 pub mod routes;
 pub mod sweeper;
+pub mod write;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,11 +26,13 @@ use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
 use crate::publisher::Publisher;
-use crate::repository::OrderRepository;
+use crate::sweeper::SweepSettings;
+use crate::write::cql::CqlStore;
+use crate::write::{Limits, WritePath};
 
 /// Everything a running command API holds.
 pub struct App {
-    pub repository: Arc<OrderRepository>,
+    pub write: Arc<WritePath>,
     pub publisher: Arc<Publisher>,
     pub readiness: Readiness,
     pub settings: Settings,
@@ -39,24 +41,20 @@ pub struct App {
 impl App {
     /// Connect to CQL and Kafka and prepare the write path.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        if settings.command_api.sweeper_grace_ms <= settings.cql.request_timeout_ms {
-            tracing::warn!(
-                sweeper_grace_ms = settings.command_api.sweeper_grace_ms,
-                cql_request_timeout_ms = settings.cql.request_timeout_ms,
-                "the sweeper grace is not above the CQL request timeout: a batch whose LWT is slow \
-                 and whose writer then dies may wait for the next command on its order"
-            );
-        }
         let session = infra::cql::connect_keyspace(&settings.cql).await?;
         let publisher = Arc::new(Publisher::new(&settings.kafka).await?);
-        let repository =
-            Arc::new(OrderRepository::new(session.clone(), publisher.clone(), &settings).await?);
+        let store = Arc::new(CqlStore::new(session.clone(), &settings).await?);
+        let write = Arc::new(WritePath::new(
+            store,
+            publisher.clone(),
+            Limits::from_settings(&settings.command_api),
+        ));
         let readiness = Readiness::new(vec![
             ("cql", http::cql_check(session)),
             ("kafka", http::kafka_client_check(publisher.probe())),
         ]);
         Ok(Self {
-            repository,
+            write,
             publisher,
             readiness,
             settings,
@@ -66,19 +64,11 @@ impl App {
     /// The whole HTTP surface.
     pub fn router(&self) -> Router {
         let metrics = http::install_metrics();
-        routes::orders::router()
-            .with_state(self.repository.clone())
-            .route(
-                "/openapi.json",
-                get(|| async { Json(openapi::ApiDoc::openapi()) }),
-            )
-            .merge(http::ops_routes(self.readiness.clone(), metrics))
-            .fallback(http::fallback)
-            .layer(DefaultBodyLimit::max(
-                self.settings.command_api.body_limit_bytes,
-            ))
-            .layer(axum::middleware::from_fn(http::track_metrics))
-            .layer(axum::middleware::from_fn(http::correlation_id))
+        api_router(
+            self.write.clone(),
+            self.settings.command_api.body_limit_bytes,
+        )
+        .merge(http::ops_routes(self.readiness.clone(), metrics))
     }
 
     /// Serve on `listener` until `shutdown` resolves, with the sweeper running beside; then finish
@@ -89,23 +79,41 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let sweeper = tokio::spawn(sweeper::run(
-            self.repository.clone(),
+        let sweep_settings = SweepSettings::from_settings(&self.settings);
+        let refresher = tokio::spawn(sweeper::refresh_partitions(
             self.publisher.clone(),
-            self.settings.clone(),
-            stop_rx,
+            self.settings.kafka.clone(),
+            sweep_settings.partition_refresh,
+            stop_rx.clone(),
         ));
+        let sweeper = tokio::spawn(sweeper::run(self.write.clone(), sweep_settings, stop_rx));
         tracing::info!(addr = %listener.local_addr()?, "command-api listening");
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await?;
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
+        let _ = refresher.await;
         let publisher = self.publisher.clone();
         tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await?;
         tracing::info!("command-api stopped");
         Ok(())
     }
+}
+
+/// The command routes and `/openapi.json` over a write path, with the body limit and the request
+/// plumbing (metrics, correlation ids); no `/healthz` etc. Route tests call it on an in-memory one.
+pub fn api_router(write: Arc<WritePath>, body_limit_bytes: usize) -> Router {
+    routes::orders::router()
+        .with_state(write)
+        .route(
+            "/openapi.json",
+            get(|| async { Json(openapi::ApiDoc::openapi()) }),
+        )
+        .fallback(http::fallback)
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(axum::middleware::from_fn(http::track_metrics))
+        .layer(axum::middleware::from_fn(http::correlation_id))
 }
 
 /// Run the service with the given settings until SIGTERM or Ctrl-C.

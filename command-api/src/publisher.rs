@@ -10,6 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use crate::write::store::EventLog;
+
 /// Why a batch could not be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -151,6 +153,21 @@ impl Publisher {
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for Publisher {
+    fn partition_for(&self, aggregate_id: uuid::Uuid) -> i32 {
+        Publisher::partition_for(self, aggregate_id)
+    }
+
+    async fn check_available(&self) -> Result<(), PublishError> {
+        Publisher::check_available(self).await
+    }
+
+    async fn publish(&self, partition: i32, batch: &[EventEnvelope]) -> Result<(), PublishError> {
+        Publisher::publish(self, partition, batch).await
     }
 }
 

@@ -1,39 +1,161 @@
 //! The sweeper: every instance periodically republishes batches whose writer died between the LWT
 //! and the produce. Several instances sweeping at once is harmless: a batch published twice is
 //! de-duplicated by consumers on (aggregate id, sequence).
+//!
+//! Intents sit in 5-second buckets. A pass reads every bucket from the sweepers' shared progress
+//! up to `grace` ago, once each, and moves the progress past a bucket only when every batch of it
+//! is published. Progress never jumps: after an outage of any length the sweepers go through every
+//! bucket since, and a bucket whose batches cannot be published yet (Kafka down) holds the progress
+//! back until they are. `command_oldest_unpublished_intent_seconds` tells how old the oldest batch
+//! is that a pass found committed and could not publish (0 when a pass caught up).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::publisher::Publisher;
-use crate::repository::OrderRepository;
+use chrono::{DateTime, TimeDelta, Utc};
+use events::ORDER_AGGREGATE;
 
+use crate::publisher::Publisher;
+use crate::write::store::{bucket_length, bucket_of};
+use crate::write::{CommandError, WritePath};
+
+/// How the sweeper runs.
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub interval: Duration,
+    pub grace: Duration,
+    pub lookback: TimeDelta,
+    pub partition_refresh: Duration,
+}
+
+impl SweepSettings {
+    pub fn from_settings(settings: &infra::Settings) -> Self {
+        let c = &settings.command_api;
+        let min_grace = c.min_sweeper_grace_ms(settings.cql.request_timeout_ms);
+        if c.sweeper_grace_ms < min_grace {
+            tracing::warn!(
+                sweeper_grace_ms = c.sweeper_grace_ms,
+                min_grace_ms = min_grace,
+                "the sweeper grace is below two CQL request timeouts plus the clock skew margin: \
+                 a batch whose LWT is slow and whose writer then dies may wait for the next \
+                 command on its order"
+            );
+        }
+        Self {
+            interval: Duration::from_millis(c.sweeper_interval_ms.max(100)),
+            grace: Duration::from_millis(c.sweeper_grace_ms),
+            lookback: TimeDelta::minutes(i64::from(c.sweeper_lookback_minutes)),
+            partition_refresh: Duration::from_millis(c.partition_refresh_ms.max(500)),
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub buckets: usize,
+    pub republished: usize,
+    /// The oldest intent found committed and unpublished that could not be published.
+    pub oldest_unpublished: Option<DateTime<Utc>>,
+}
+
+/// One sweeper pass over the buckets from the shared progress (or `lookback` ago, when no sweeper
+/// ever recorded any) up to `grace` ago.
+pub async fn sweep(
+    write: &WritePath,
+    grace: Duration,
+    lookback: TimeDelta,
+) -> Result<Pass, CommandError> {
+    let now = Utc::now();
+    let horizon = now - TimeDelta::from_std(grace).unwrap_or(TimeDelta::seconds(20));
+    let store = write.store();
+    let mut bucket = match store.sweep_progress().await? {
+        Some(progress) => bucket_of(progress),
+        None => bucket_of(now - lookback),
+    };
+    let behind = (horizon - bucket).num_seconds() / bucket_length().num_seconds();
+    if behind > 120 {
+        tracing::info!(
+            from = %bucket,
+            buckets = behind,
+            "sweeper catching up on every bucket since its last progress"
+        );
+    }
+    let mut pass = Pass::default();
+    // Only whole buckets that ended before the horizon: no writer of theirs is still running.
+    while bucket + bucket_length() <= horizon {
+        for intent in store.intents(bucket).await? {
+            if intent.aggregate_type != ORDER_AGGREGATE || intent.published {
+                continue;
+            }
+            match write.republish(intent.aggregate_id, intent.version).await {
+                Ok(true) => {
+                    pass.republished += 1;
+                    metrics::counter!("sweeper_republished_total").increment(1);
+                    tracing::info!(order_id = %intent.aggregate_id, version = intent.version,
+                        "sweeper republished a batch");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    pass.oldest_unpublished = Some(intent.created_at.unwrap_or(bucket));
+                    record(&pass, now);
+                    return Err(e);
+                }
+            }
+        }
+        bucket += bucket_length();
+        pass.buckets += 1;
+        store.save_sweep_progress(bucket).await?;
+    }
+    record(&pass, now);
+    Ok(pass)
+}
+
+fn record(pass: &Pass, now: DateTime<Utc>) {
+    let age = pass.oldest_unpublished.map_or(0.0, |at| {
+        (now - at).num_milliseconds().max(0) as f64 / 1000.0
+    });
+    metrics::gauge!("command_oldest_unpublished_intent_seconds").set(age);
+}
+
+/// Sweep every `interval` until `shutdown`.
 pub async fn run(
-    repository: Arc<OrderRepository>,
-    publisher: Arc<Publisher>,
-    settings: infra::Settings,
+    write: Arc<WritePath>,
+    sweep_settings: SweepSettings,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_millis(settings.command_api.sweeper_interval_ms.max(100));
-    let grace = Duration::from_millis(settings.command_api.sweeper_grace_ms);
-    let mut ticks = 0u64;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(sweep_settings.interval) => {}
             _ = shutdown.changed() => return,
         }
-        ticks += 1;
-        match repository
-            .sweep(grace, settings.command_api.sweeper_lookback_minutes)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(republished = n, "sweeper pass"),
-            Err(e) => tracing::warn!(error = %e, "sweeper pass failed"),
+        match sweep(&write, sweep_settings.grace, sweep_settings.lookback).await {
+            Ok(Pass { republished: 0, .. }) => {}
+            Ok(pass) => tracing::info!(
+                republished = pass.republished,
+                buckets = pass.buckets,
+                "sweeper pass"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeper pass stopped; the next one goes on from there")
+            }
         }
-        // Pick up partitions added by ops for aggregates created from now on.
-        if ticks.is_multiple_of(15) {
-            publisher.refresh_partitions(&settings.kafka).await;
+    }
+}
+
+/// Read the topic's partition count every `partition_refresh` until `shutdown`, so aggregates
+/// created from then on spread over partitions ops added.
+pub async fn refresh_partitions(
+    publisher: Arc<Publisher>,
+    settings: infra::settings::Kafka,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
         }
+        publisher.refresh_partitions(&settings).await;
     }
 }

@@ -24,8 +24,17 @@ pub fn base_config(settings: &Kafka) -> ClientConfig {
 }
 
 /// Producer for events: acks from all in-sync replicas, idempotence on, bounded delivery time.
+///
+/// A record sent to an explicit partition that the producer's cached metadata does not know
+/// fails at once (`UnknownPartition`), so the producer refreshes the topic's metadata every
+/// `metadata_refresh_ms` as consumers do: partitions added to the topic can be produced to within
+/// that interval (librdkafka's default is five minutes).
 pub fn producer(settings: &Kafka) -> anyhow::Result<FutureProducer> {
     base_config(settings)
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            settings.metadata_refresh_ms.max(100).to_string(),
+        )
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("max.in.flight.requests.per.connection", "5")
@@ -41,10 +50,18 @@ pub fn producer(settings: &Kafka) -> anyhow::Result<FutureProducer> {
 
 /// Consumer configuration for one consumer group: offsets are stored by the application only after
 /// the downstream write succeeded, and never committed to Kafka automatically.
+///
+/// The topic's metadata is refreshed every `metadata_refresh_ms` (librdkafka's default is five
+/// minutes): a member that sees the partition count grow rejoins the group, so partitions added by
+/// `stack-admin topics` are assigned, and consumed from their beginning, within that interval.
 pub fn consumer_config(settings: &Kafka, group_id: &str) -> ClientConfig {
     let mut config = base_config(settings);
     config
         .set("group.id", group_id)
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            settings.metadata_refresh_ms.max(100).to_string(),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

@@ -45,6 +45,9 @@ pub struct Kafka {
     /// How long a produce may wait for acknowledgement before it fails (bounds 503 latency).
     pub message_timeout_ms: u64,
     pub linger_ms: u64,
+    /// How often consumers (and the producer) refresh the topic's metadata: partitions added to
+    /// the topic are consumed (and can be produced to) at most this long after they appear.
+    pub metadata_refresh_ms: u64,
     /// Extra librdkafka properties for every client (TLS, SASL, …), e.g. in the TOML file:
     /// `[kafka.properties] "security.protocol" = "SSL"`.
     pub properties: BTreeMap<String, String>,
@@ -80,10 +83,19 @@ pub struct CommandApi {
     /// Idempotency keys remembered per aggregate.
     pub idempotency_keys_per_aggregate: usize,
     pub sweeper_interval_ms: u64,
-    /// Intents younger than this are left to their writer.
+    /// Intents younger than this are left to their writer. A writer stamps its intent, then
+    /// writes it and runs its LWT (each at most one CQL request timeout), so the grace must exceed
+    /// two request timeouts plus the clock skew between command-api hosts
+    /// (`sweeper_clock_skew_ms`); a shorter one (tests, to sweep fast) is logged as a warning at start.
     pub sweeper_grace_ms: u64,
-    /// How far back the sweeper looks for unpublished batches.
+    /// The largest clock difference assumed between command-api hosts (NTP keeps it far below).
+    pub sweeper_clock_skew_ms: u64,
+    /// Where a sweeper starts when no sweeper ever recorded progress. Once progress exists, the
+    /// sweepers go through every bucket after it, however old: none is skipped.
     pub sweeper_lookback_minutes: u32,
+    /// How often the partition count of the topic is read again (new orders spread over
+    /// partitions ops added).
+    pub partition_refresh_ms: u64,
     /// Test-only fault injection: `none`, `abort_after_lwt` (the command fails after its LWT and
     /// before its produce) or `exit_after_lwt` (the process exits there). Never set in production.
     pub fault: String,
@@ -144,6 +156,7 @@ impl Default for Kafka {
             retention_ms: -1,
             message_timeout_ms: 5_000,
             linger_ms: 1,
+            metadata_refresh_ms: 3_000,
             properties: BTreeMap::new(),
         }
     }
@@ -165,6 +178,13 @@ impl Default for Cql {
     }
 }
 
+impl CommandApi {
+    /// The shortest safe grace: two CQL request timeouts (intent, LWT) plus the clock skew.
+    pub fn min_sweeper_grace_ms(&self, cql_request_timeout_ms: u64) -> u64 {
+        2 * cql_request_timeout_ms + self.sweeper_clock_skew_ms
+    }
+}
+
 impl Default for CommandApi {
     fn default() -> Self {
         Self {
@@ -174,9 +194,11 @@ impl Default for CommandApi {
             cache_capacity: 100_000,
             idempotency_keys_per_aggregate: 32,
             sweeper_interval_ms: 2_000,
-            // Longer than a CQL request may take: an intent's LWT may still be in flight until then.
-            sweeper_grace_ms: 10_000,
+            // 2 x the CQL request timeout (5 s) + the clock skew margin (5 s) + 5 s to spare.
+            sweeper_grace_ms: 20_000,
+            sweeper_clock_skew_ms: 5_000,
             sweeper_lookback_minutes: 60,
+            partition_refresh_ms: 5_000,
             fault: "none".into(),
         }
     }

@@ -14,9 +14,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::domain::order::{OrderCommand, MAX_LINES, MAX_LINE_QUANTITY};
-use crate::repository::{CommandContext, CommandOutcome, OrderRepository};
+use crate::write::idempotency::order_id_for_key;
+use crate::write::{CommandContext, CommandOutcome, WritePath};
 
-pub fn router() -> Router<Arc<OrderRepository>> {
+pub fn router() -> Router<Arc<WritePath>> {
     Router::new()
         .route("/v1/orders", post(place_order))
         .route("/v1/orders/{id}/items", post(add_item))
@@ -165,20 +166,7 @@ fn context(
     headers: &HeaderMap,
     correlation: &CorrelationId,
 ) -> Result<CommandContext, Problem> {
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?;
-            if key.is_empty() || key.len() > 200 {
-                return Err(Problem::bad_request(
-                    "Idempotency-Key must be 1–200 characters",
-                ));
-            }
-            Some(key.to_string())
-        }
-    };
+    let idempotency_key = idempotency_key(headers)?;
     let if_match = match headers.get(header::IF_MATCH) {
         None => None,
         Some(v) => Some(parse_if_match(v.to_str().unwrap_or("")).ok_or_else(|| {
@@ -211,6 +199,21 @@ fn context(
     })
 }
 
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?;
+    if key.is_empty() || key.len() > 200 {
+        return Err(Problem::bad_request(
+            "Idempotency-Key must be 1–200 characters",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
 fn parse_if_match(raw: &str) -> Option<i64> {
     let raw = raw.trim();
     let raw = raw.strip_prefix("W/").unwrap_or(raw);
@@ -240,7 +243,7 @@ fn new_traceparent() -> String {
     format!("00-{trace}-{span}-01")
 }
 
-async fn run(repo: &OrderRepository, ctx: CommandContext) -> Response {
+async fn run(repo: &WritePath, ctx: CommandContext) -> Response {
     let command = ctx.command.name();
     match repo.execute(ctx).await {
         Ok(outcome) => {
@@ -288,7 +291,7 @@ fn success(outcome: CommandOutcome) -> Response {
         ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer, nothing written twice"),
     ),
     responses(
-        (status = 201, description = "Order placed", body = crate::repository::CommandResponse,
+        (status = 201, description = "Order placed", body = crate::write::CommandResponse,
          headers(("Location" = String), ("ETag" = String))),
         (status = 400, description = "Malformed", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order id is taken", body = Problem, content_type = "application/problem+json"),
@@ -298,7 +301,7 @@ fn success(outcome: CommandOutcome) -> Response {
         (status = 503, description = "Kafka or CQL unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn place_order(
-    State(repo): State<Arc<OrderRepository>>,
+    State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrder>,
@@ -318,8 +321,15 @@ pub async fn place_order(
         .enumerate()
         .filter_map(|(i, line)| checks.line(&format!("items[{i}]."), line))
         .collect();
+    // Without an id of the client's, an Idempotency-Key names the order (per tenant), so every
+    // retry of the creation, on any instance, meets the first at the same row.
+    let order_id = match (body.order_id, idempotency_key(&headers)?) {
+        (Some(id), _) => id,
+        (None, Some(key)) => order_id_for_key(repo.tenant(), &key),
+        (None, None) => Uuid::now_v7(),
+    };
     let command = checks.finish(OrderCommand::PlaceOrder {
-        order_id: body.order_id.unwrap_or_else(Uuid::now_v7),
+        order_id,
         customer_id: body.customer_id,
         currency: body.currency,
         items,
@@ -334,12 +344,12 @@ pub async fn place_order(
 /// Add a line (or more units of a SKU already on the order).
 #[utoipa::path(post, path = "/v1/orders/{id}/items", tag = "commands", request_body = Line,
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::repository::CommandResponse),
+    responses((status = 200, body = crate::write::CommandResponse),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 412, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn add_item(
-    State(repo): State<Arc<OrderRepository>>,
+    State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
     OrderId(id): OrderId,
     headers: HeaderMap,
@@ -357,11 +367,11 @@ pub async fn add_item(
 /// Remove a SKU from the order.
 #[utoipa::path(delete, path = "/v1/orders/{id}/items/{sku}", tag = "commands",
     params(("id" = Uuid, Path), ("sku" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::repository::CommandResponse),
+    responses((status = 200, body = crate::write::CommandResponse),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn remove_item(
-    State(repo): State<Arc<OrderRepository>>,
+    State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
     OrderId(id): OrderId,
     Path(path): Path<(String, String)>,
@@ -377,11 +387,11 @@ pub async fn remove_item(
 /// Record the payment of the order's total.
 #[utoipa::path(post, path = "/v1/orders/{id}/payments", tag = "commands", request_body = RecordPayment,
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::repository::CommandResponse),
+    responses((status = 200, body = crate::write::CommandResponse),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn record_payment(
-    State(repo): State<Arc<OrderRepository>>,
+    State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
     OrderId(id): OrderId,
     headers: HeaderMap,
@@ -402,11 +412,11 @@ pub async fn record_payment(
 /// Ship a paid order.
 #[utoipa::path(post, path = "/v1/orders/{id}/shipments", tag = "commands", request_body = ShipOrder,
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::repository::CommandResponse),
+    responses((status = 200, body = crate::write::CommandResponse),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn ship_order(
-    State(repo): State<Arc<OrderRepository>>,
+    State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
     OrderId(id): OrderId,
     headers: HeaderMap,
@@ -425,11 +435,11 @@ pub async fn ship_order(
 /// Cancel an open or paid order.
 #[utoipa::path(post, path = "/v1/orders/{id}/cancellation", tag = "commands", request_body = CancelOrder,
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::repository::CommandResponse),
+    responses((status = 200, body = crate::write::CommandResponse),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn cancel_order(
-    State(repo): State<Arc<OrderRepository>>,
+    State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
     OrderId(id): OrderId,
     headers: HeaderMap,

@@ -50,7 +50,7 @@ impl Order {
 }
 
 /// What a client can ask of an order (already validated field by field).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum OrderCommand {
     PlaceOrder {
         order_id: Uuid,

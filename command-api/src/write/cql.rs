@@ -1,0 +1,353 @@
+//! [`AggregateStore`] on ScyllaDB / Cassandra: the `aggregates` row of each aggregate (written only
+//! by LWT), `publish_intents` in 5-second buckets, and the sweepers' progress.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use events::{EventEnvelope, ORDER_AGGREGATE};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use uuid::Uuid;
+
+use super::head::Head;
+use super::store::{bucket_of, AggregateStore, Intent, NewRow, Read};
+use super::CommandError;
+use crate::domain::order::Order;
+
+struct Statements {
+    load: PreparedStatement,
+    load_serial: PreparedStatement,
+    insert: PreparedStatement,
+    update: PreparedStatement,
+    mark_published: PreparedStatement,
+    insert_intent: PreparedStatement,
+    intent_published: PreparedStatement,
+    select_intents: PreparedStatement,
+    load_progress: PreparedStatement,
+    save_progress: PreparedStatement,
+}
+
+pub struct CqlStore {
+    session: Arc<Session>,
+    statements: Statements,
+    tenant: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Unavailable("the CQL database", e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Internal(e.to_string())
+}
+
+impl CqlStore {
+    pub async fn new(session: Arc<Session>, settings: &infra::Settings) -> anyhow::Result<Self> {
+        // Tables are qualified with the keyspace: prepared statements must not depend on `USE`.
+        let keyspace = settings.cql.keyspace.clone();
+        let prepare = |cql: &'static str| {
+            let session = session.clone();
+            let cql = ["aggregates", "publish_intents", "sweeper_progress"]
+                .iter()
+                .fold(cql.to_string(), |cql, table| {
+                    cql.replace(&format!(" {table} "), &format!(" {keyspace}.{table} "))
+                });
+            async move {
+                session
+                    .prepare(cql.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("preparing {cql}: {e}"))
+            }
+        };
+        const LOAD: &str = "SELECT version, state, partition, pending, recent_commands \
+             FROM aggregates WHERE tenant_id = ? AND aggregate_type = ? AND aggregate_id = ?";
+        let mut load_serial = prepare(LOAD).await?;
+        load_serial.set_consistency(
+            match infra::cql::serial_consistency(&settings.cql.serial_consistency)? {
+                SerialConsistency::Serial => Consistency::Serial,
+                SerialConsistency::LocalSerial => Consistency::LocalSerial,
+            },
+        );
+        let statements = Statements {
+            load: prepare(LOAD).await?,
+            load_serial,
+            insert: prepare(
+                "INSERT INTO aggregates (tenant_id, aggregate_type, aggregate_id, version, state, \
+                 partition, pending, recent_commands, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            )
+            .await?,
+            update: prepare(
+                "UPDATE aggregates SET version = ?, state = ?, pending = ?, recent_commands = ?, \
+                 updated_at = ? WHERE tenant_id = ? AND aggregate_type = ? AND aggregate_id = ? \
+                 IF version = ?",
+            )
+            .await?,
+            mark_published: prepare(
+                "UPDATE publish_intents SET published = true WHERE tenant_id = ? AND bucket = ? \
+                 AND aggregate_type = ? AND aggregate_id = ? AND version = ?",
+            )
+            .await?,
+            insert_intent: prepare(
+                "INSERT INTO publish_intents (tenant_id, bucket, aggregate_type, aggregate_id, \
+                 version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .await?,
+            intent_published: prepare(
+                "SELECT published FROM publish_intents WHERE tenant_id = ? AND bucket = ? \
+                 AND aggregate_type = ? AND aggregate_id = ? AND version = ?",
+            )
+            .await?,
+            select_intents: prepare(
+                "SELECT aggregate_type, aggregate_id, version, created_at, published \
+                 FROM publish_intents WHERE tenant_id = ? AND bucket = ?",
+            )
+            .await?,
+            load_progress: prepare("SELECT swept_until FROM sweeper_progress WHERE tenant_id = ?")
+                .await?,
+            // Timestamped with the position itself: racing sweepers can only move it forward.
+            save_progress: prepare(
+                "UPDATE sweeper_progress USING TIMESTAMP ? SET swept_until = ? WHERE tenant_id = ?",
+            )
+            .await?,
+        };
+        Ok(Self {
+            session,
+            statements,
+            tenant: settings.tenant.clone(),
+        })
+    }
+
+    /// Whether the intent of the batch ending at `version` (written at `at`) is marked published.
+    /// A missing intent (expired) counts as unpublished: republishing is always safe.
+    async fn intent_is_published(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        version: i64,
+    ) -> Result<bool, CommandError> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.intent_published,
+                (&self.tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(result
+            .into_rows_result()
+            .map_err(internal)?
+            .maybe_first_row::<(Option<bool>,)>()
+            .map_err(internal)?
+            .and_then(|(p,)| p)
+            .unwrap_or(false))
+    }
+
+    async fn lwt(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<bool, CommandError> {
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(unavailable)?;
+        let row: Option<Row> = result
+            .into_rows_result()
+            .map_err(internal)?
+            .maybe_first_row::<Row>()
+            .map_err(internal)?;
+        Ok(matches!(
+            row.as_ref().and_then(|r| r.columns.first()),
+            Some(Some(CqlValue::Boolean(true)))
+        ))
+    }
+}
+
+#[async_trait]
+impl AggregateStore for CqlStore {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    async fn load(&self, id: Uuid, read: Read) -> Result<Option<Head>, CommandError> {
+        type RowT = (
+            Option<i64>,
+            Option<String>,
+            Option<i32>,
+            Option<String>,
+            Option<HashMap<String, String>>,
+        );
+        let statement = match read {
+            Read::Quorum => &self.statements.load,
+            Read::Serial => &self.statements.load_serial,
+        };
+        let result = self
+            .session
+            .execute_unpaged(statement, (&self.tenant, ORDER_AGGREGATE, id))
+            .await
+            .map_err(unavailable)?;
+        let row = result
+            .into_rows_result()
+            .map_err(internal)?
+            .maybe_first_row::<RowT>()
+            .map_err(internal)?;
+        let Some((version, state, partition, pending, recent)) = row else {
+            return Ok(None);
+        };
+        let state: Order = serde_json::from_str(state.as_deref().unwrap_or("{}"))
+            .map_err(|e| CommandError::Internal(format!("stored state of {id}: {e}")))?;
+        let pending: Vec<EventEnvelope> = match pending.as_deref() {
+            Some(p) if !p.is_empty() => serde_json::from_str(p)
+                .map_err(|e| CommandError::Internal(format!("pending batch of {id}: {e}")))?,
+            _ => Vec::new(),
+        };
+        let version = version.unwrap_or(0);
+        let pending_published = match pending.last() {
+            Some(last) => {
+                self.intent_is_published(id, last.occurred_at, version)
+                    .await?
+            }
+            None => true,
+        };
+        Ok(Some(Head {
+            version,
+            state,
+            partition: partition.unwrap_or(0),
+            pending,
+            pending_published,
+            recent: recent.unwrap_or_default(),
+        }))
+    }
+
+    async fn write_intent(
+        &self,
+        id: Uuid,
+        version: i64,
+        at: DateTime<Utc>,
+    ) -> Result<(), CommandError> {
+        self.session
+            .execute_unpaged(
+                &self.statements.insert_intent,
+                (
+                    &self.tenant,
+                    bucket_of(at),
+                    ORDER_AGGREGATE,
+                    id,
+                    version,
+                    at,
+                ),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn commit(&self, id: Uuid, expected: i64, row: NewRow<'_>) -> Result<bool, CommandError> {
+        let state = serde_json::to_string(row.state).map_err(internal)?;
+        let pending = serde_json::to_string(row.pending).map_err(internal)?;
+        if expected == 0 {
+            self.lwt(
+                &self.statements.insert,
+                (
+                    &self.tenant,
+                    ORDER_AGGREGATE,
+                    id,
+                    row.version,
+                    &state,
+                    row.partition,
+                    &pending,
+                    row.recent,
+                    row.at,
+                    row.at,
+                ),
+            )
+            .await
+        } else {
+            self.lwt(
+                &self.statements.update,
+                (
+                    row.version,
+                    &state,
+                    &pending,
+                    row.recent,
+                    row.at,
+                    &self.tenant,
+                    ORDER_AGGREGATE,
+                    id,
+                    expected,
+                ),
+            )
+            .await
+        }
+    }
+
+    async fn mark_published(
+        &self,
+        id: Uuid,
+        version: i64,
+        at: DateTime<Utc>,
+    ) -> Result<(), CommandError> {
+        self.session
+            .execute_unpaged(
+                &self.statements.mark_published,
+                (&self.tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn intents(&self, bucket: DateTime<Utc>) -> Result<Vec<Intent>, CommandError> {
+        type RowT = (String, Uuid, i64, Option<DateTime<Utc>>, Option<bool>);
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_intents, (&self.tenant, bucket))
+            .await
+            .map_err(unavailable)?;
+        let rows = result.into_rows_result().map_err(internal)?;
+        let mut intents = Vec::new();
+        for row in rows.rows::<RowT>().map_err(internal)? {
+            let (aggregate_type, aggregate_id, version, created_at, published) =
+                row.map_err(internal)?;
+            intents.push(Intent {
+                aggregate_type,
+                aggregate_id,
+                version,
+                created_at,
+                published: published == Some(true),
+            });
+        }
+        Ok(intents)
+    }
+
+    async fn sweep_progress(&self) -> Result<Option<DateTime<Utc>>, CommandError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.load_progress, (&self.tenant,))
+            .await
+            .map_err(unavailable)?;
+        Ok(result
+            .into_rows_result()
+            .map_err(internal)?
+            .maybe_first_row::<(Option<DateTime<Utc>>,)>()
+            .map_err(internal)?
+            .and_then(|(p,)| p))
+    }
+
+    async fn save_sweep_progress(&self, until: DateTime<Utc>) -> Result<(), CommandError> {
+        self.session
+            .execute_unpaged(
+                &self.statements.save_progress,
+                (until.timestamp_micros(), until, &self.tenant),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
