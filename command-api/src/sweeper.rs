@@ -71,7 +71,13 @@ pub async fn sweep(
     let store = write.store();
     let mut bucket = match store.sweep_progress().await? {
         Some(progress) => bucket_of(progress),
-        None => bucket_of(now - lookback),
+        None => {
+            // The first pass ever: record where the sweepers start, so the next pass goes on
+            // from there even if this one sweeps no whole bucket.
+            let start = bucket_of(now - lookback);
+            store.save_sweep_progress(start).await?;
+            start
+        }
     };
     let behind = (horizon - bucket).num_seconds() / bucket_length().num_seconds();
     if behind > 120 {

@@ -252,6 +252,7 @@ impl WritePath {
             Checked::Replay { head, outcome } => {
                 // The answer acknowledged a batch: answer again only once it is in Kafka.
                 if head.has_unpublished() {
+                    self.log.check_available().await?;
                     self.publish_pending(id, head).await?;
                 }
                 metrics::counter!("command_idempotent_replays_total").increment(1);
