@@ -13,16 +13,14 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::write::memory::{MemoryLog, MemoryStore};
-use crate::write::{Fault, Limits, WritePath};
+use crate::write::{Limits, WritePath};
 
 fn instances(n: usize) -> (Vec<Router>, Arc<MemoryLog>) {
     let store = Arc::new(MemoryStore::new("t1"));
     let log = Arc::new(MemoryLog::new(6));
     let limits = Limits {
-        cache_capacity: 100,
-        max_attempts: 8,
         keys_per_aggregate: 32,
-        fault: Fault::None,
+        ..Limits::default()
     };
     let routers = (0..n)
         .map(|_| {

@@ -137,6 +137,13 @@ impl Limits {
     }
 }
 
+impl Default for Limits {
+    /// The defaults of the settings.
+    fn default() -> Self {
+        Self::from_settings(&infra::settings::CommandApi::default())
+    }
+}
+
 /// Where the row an attempt decides on comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {

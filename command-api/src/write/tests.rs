@@ -26,10 +26,8 @@ fn cluster(n: usize) -> Cluster {
     let store = Arc::new(MemoryStore::new("t1"));
     let log = Arc::new(MemoryLog::new(6));
     let limits = Limits {
-        cache_capacity: 100,
-        max_attempts: 8,
         keys_per_aggregate: 4,
-        fault: Fault::None,
+        ..Limits::default()
     };
     let instances = (0..n)
         .map(|_| WritePath::new(store.clone(), log.clone(), limits.clone()))
