@@ -82,7 +82,6 @@ impl App {
         let sweep_settings = SweepSettings::from_settings(&self.settings);
         let refresher = tokio::spawn(sweeper::refresh_partitions(
             self.publisher.clone(),
-            self.settings.kafka.clone(),
             sweep_settings.partition_refresh,
             stop_rx.clone(),
         ));

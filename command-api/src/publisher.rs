@@ -65,13 +65,35 @@ impl Publisher {
         ((aggregate_id.as_u128() as u64) % n) as i32
     }
 
-    /// Re-read the partition count (ops may add partitions at any time).
-    pub async fn refresh_partitions(&self, settings: &infra::settings::Kafka) {
-        match infra::kafka::partition_count(settings, &self.topic, Duration::from_secs(5)).await {
+    /// Re-read the partition count (ops may add partitions at any time), through the producer's
+    /// own client: the answer also refreshes the producer's metadata, so it knows a partition
+    /// before any aggregate is placed on it (a send to a partition it does not know fails).
+    /// The count only grows: a partial answer never moves new aggregates back.
+    pub async fn refresh_partitions(&self) {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let counted = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            let t = metadata.topics().first().ok_or("topic not in metadata")?;
+            match t.error() {
+                Some(e) => Err(format!("{e:?}")),
+                None if t.partitions().iter().any(|p| p.leader() < 0) => {
+                    Err("a partition without leader".to_string())
+                }
+                None => Ok(t.partitions().len() as i32),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match counted {
             Ok(n) => {
-                let before = self.partitions.swap(n, Ordering::Relaxed);
-                if before != n {
-                    tracing::info!(topic = %self.topic, before, after = n, "partition count changed");
+                let before = self.partitions.fetch_max(n, Ordering::Relaxed);
+                if before < n {
+                    tracing::info!(topic = %self.topic, before, after = n, "partition count grew");
                 }
             }
             Err(e) => tracing::debug!(error = %e, "partition refresh failed"),

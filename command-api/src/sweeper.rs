@@ -153,7 +153,6 @@ pub async fn run(
 /// created from then on spread over partitions ops added.
 pub async fn refresh_partitions(
     publisher: Arc<Publisher>,
-    settings: infra::settings::Kafka,
     every: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -162,6 +161,6 @@ pub async fn refresh_partitions(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        publisher.refresh_partitions(&settings).await;
+        publisher.refresh_partitions().await;
     }
 }

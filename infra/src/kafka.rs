@@ -210,3 +210,22 @@ pub fn header_map(headers: Option<&rdkafka::message::BorrowedHeaders>) -> HashMa
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_refresh_the_topic_metadata_every_few_seconds() {
+        let mut settings = Kafka::default();
+        assert_eq!(settings.metadata_refresh_ms, 3_000);
+        settings.metadata_refresh_ms = 4_000;
+        let consumer = consumer_config(&settings, "g");
+        assert_eq!(
+            consumer.get("topic.metadata.refresh.interval.ms"),
+            Some("4000")
+        );
+        // A new partition without stored offsets starts at its beginning.
+        assert_eq!(consumer.get("auto.offset.reset"), Some("earliest"));
+    }
+}

@@ -3,7 +3,10 @@
 //! The consumer runs on a blocking thread of its own, because librdkafka calls the rebalance
 //! callback from inside `poll` and that callback must read CQL before it can hand out partitions:
 //! - on assignment, each partition starts at the `next_offset` stored in `projection_offsets`
-//!   (from the beginning when there is none); Kafka's own committed offsets are never used;
+//!   (from the beginning when there is none); Kafka's own committed offsets are never used.
+//!   Partitions added to the topic (`stack-admin topics`) are seen at the consumer's next metadata
+//!   refresh (`kafka.metadata_refresh_ms`, 3 s), which rebalances the group: having no stored
+//!   offset, they are consumed from their first record;
 //! - on revocation, nothing is in flight — a batch is always applied and its offsets written
 //!   before the next `poll` — except records polled into the batch being gathered, which are
 //!   dropped: the partition's next owner starts from the stored offset, before them.

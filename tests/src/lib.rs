@@ -1,7 +1,8 @@
 //! Test and benchmark harness: drives the real services against the real Kafka and CQL of the local
 //! stack (`infra/dev up`). Nothing here is a mock.
 //!
-//! - [`settings`]: the stack's settings with a fresh topic, so each test reads only its own events;
+//! - [`settings_with_fresh_topic`]: the stack's settings with a fresh topic and tenant, so each test
+//!   reads only its own events; [`settings_env`]: the same settings for a child process;
 //! - [`CommandApi`]: an in-process command API on port 0, or the real binary as a child process;
 //! - [`read_topic`]: every record of a topic, with headers, up to its end offsets;
 //! - [`dev`]: `infra/dev` sub-commands (stop and start a part) for failure tests;
@@ -48,19 +49,75 @@ pub fn envelope(tenant: &str, id: Uuid, sequence: u64, event: OrderEvent) -> Eve
     }
 }
 
-/// The stack's settings (defaults and `APP_…`), with a topic of the test's own, created now.
+/// The stack's settings (defaults and `APP_…`), with a topic of the test's own, created now, and a
+/// tenant of its own: every aggregate row, publish intent and sweeper progress key carries the
+/// tenant, so no other test's sweeper (sharing the keyspace) ever republishes this test's batches
+/// into its own topic, and this test's read models are rows of its tenant only.
 pub async fn settings_with_fresh_topic(label: &str) -> anyhow::Result<Settings> {
+    settings_with_fresh_topic_of(label, 3).await
+}
+
+/// [`settings_with_fresh_topic`], the topic created with `partitions` partitions.
+pub async fn settings_with_fresh_topic_of(
+    label: &str,
+    partitions: i32,
+) -> anyhow::Result<Settings> {
     let mut settings = Settings::load()?;
     let suffix = Uuid::now_v7().simple().to_string();
+    settings.tenant = format!("test.{label}.{suffix}");
     settings.kafka.topic = format!("test.{label}.{suffix}");
     settings.kafka.dead_letter_topic = format!("test.{label}.{suffix}.dlq");
-    settings.kafka.partitions = 3;
+    settings.kafka.partitions = partitions;
     infra::kafka::ensure_topics(&settings.kafka).await?;
     // Quick sweeps so crash-window tests finish fast.
     settings.command_api.sweeper_interval_ms = 300;
     settings.command_api.sweeper_grace_ms = 500;
     settings.command_api.sweeper_lookback_minutes = 5;
     Ok(settings)
+}
+
+/// `settings` as the `APP_…` variables a service binary reads (`APP_TENANT`,
+/// `APP_KAFKA__TOPIC`, `APP_CQL__KEYSPACE`, `APP_COMMAND_API__SWEEPER_GRACE_MS`, …): every scalar
+/// and list setting, so a child process runs with exactly the test's settings. Nested maps
+/// (`kafka.properties`) and unset options are left to the inherited environment.
+pub fn settings_env(settings: &Settings) -> anyhow::Result<Vec<(String, String)>> {
+    fn scalar(value: &serde_json::Value) -> Option<String> {
+        match value {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            serde_json::Value::Array(items) if !items.is_empty() => items
+                .iter()
+                .map(scalar)
+                .collect::<Option<Vec<_>>>()
+                .map(|items| items.join(",")),
+            _ => None,
+        }
+    }
+    let mut vars = Vec::new();
+    let serde_json::Value::Object(sections) = serde_json::to_value(settings)? else {
+        bail!("settings do not serialize to a map");
+    };
+    for (section, value) in &sections {
+        match value {
+            serde_json::Value::Object(keys) => {
+                for (key, value) in keys {
+                    if let Some(value) = scalar(value) {
+                        vars.push((
+                            format!("APP_{}__{}", section.to_uppercase(), key.to_uppercase()),
+                            value,
+                        ));
+                    }
+                }
+            }
+            other => {
+                if let Some(value) = scalar(other) {
+                    vars.push((format!("APP_{}", section.to_uppercase()), value));
+                }
+            }
+        }
+    }
+    Ok(vars)
 }
 
 /// Where cargo put the service binaries next to this test executable.
@@ -108,7 +165,8 @@ impl CommandApi {
         })
     }
 
-    /// The real binary as a child process, with extra `APP_…` variables.
+    /// The real binary as a child process, with the test's settings ([`settings_env`]) and extra
+    /// `APP_…` variables.
     pub async fn spawn_process(
         settings: &Settings,
         extra_env: &[(&str, &str)],
@@ -116,21 +174,9 @@ impl CommandApi {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut cmd = Command::new(bin_dir().join("command-api"));
-        cmd.env("APP_COMMAND_API__ADDR", addr.to_string())
-            .env("APP_CQL__KEYSPACE", &settings.cql.keyspace)
-            .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
-            .env(
-                "APP_KAFKA__DEAD_LETTER_TOPIC",
-                &settings.kafka.dead_letter_topic,
-            )
-            .env(
-                "APP_COMMAND_API__SWEEPER_GRACE_MS",
-                settings.command_api.sweeper_grace_ms.to_string(),
-            )
-            .env(
-                "APP_COMMAND_API__SWEEPER_INTERVAL_MS",
-                settings.command_api.sweeper_interval_ms.to_string(),
-            )
+        // The test's settings (tenant, topics, keyspace, sweeper timings, …), then its address.
+        cmd.envs(settings_env(settings)?)
+            .env("APP_COMMAND_API__ADDR", addr.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         for (k, v) in extra_env {
@@ -239,6 +285,17 @@ impl Drop for CommandApi {
             let _ = tx.send(());
         }
     }
+}
+
+/// The value of a counter or gauge on a Prometheus endpoint (summed over the lines whose labels
+/// contain `label`), 0 when absent.
+pub async fn scrape(url: &str, name: &str, label: &str) -> anyhow::Result<f64> {
+    let text = client().get(url).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 pub fn client() -> reqwest::Client {
@@ -636,8 +693,9 @@ impl Projector {
         }
     }
 
-    /// The real binary (`bin_dir()/projector`) as a child process on the test's keyspace and
-    /// topics, with extra `APP_…` variables; returns once its `/healthz` answers.
+    /// The real binary (`bin_dir()/projector`) as a child process with the test's settings
+    /// ([`settings_env`]: keyspace, topics, tenant, …) and extra `APP_…` variables; returns once
+    /// its `/healthz` answers.
     pub async fn spawn_process(
         settings: &Settings,
         extra_env: &[(&str, &str)],
@@ -657,12 +715,8 @@ impl Projector {
         ));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(binary);
-        cmd.env("APP_CQL__KEYSPACE", &settings.cql.keyspace)
-            .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
-            .env(
-                "APP_KAFKA__DEAD_LETTER_TOPIC",
-                &settings.kafka.dead_letter_topic,
-            )
+        // The test's settings (tenant, topics, keyspace, batch size, …), then its address.
+        cmd.envs(settings_env(settings)?)
             .env("APP_PROJECTOR__ADDR", addr.to_string())
             .env("APP_TELEMETRY__FORMAT", "json")
             .stdout(out.try_clone()?)
@@ -700,17 +754,7 @@ impl Projector {
         let Some(addr) = self.addr else {
             bail!("metrics are only scraped from a child process");
         };
-        let text = client()
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        scrape(&format!("http://{addr}/metrics"), name, label).await
     }
 
     /// SIGKILL a child process (no goodbye: no offsets written, no group left).

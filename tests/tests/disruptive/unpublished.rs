@@ -5,34 +5,17 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tests::{dev, eventually, read_topic, sequences_of, settings_with_fresh_topic, CommandApi};
+use tests::{
+    dev, eventually, read_topic, scrape, sequences_of, settings_with_fresh_topic, CommandApi,
+};
+
+use crate::Restart;
 use uuid::Uuid;
 
 const GAUGE: &str = "command_oldest_unpublished_intent_seconds";
 
-/// Restarts the part when dropped, so a failing assertion does not leave the stack broken.
-struct Restart(&'static str);
-
-impl Drop for Restart {
-    fn drop(&mut self) {
-        let _ = dev(&["start", self.0]);
-    }
-}
-
 async fn gauge(api: &CommandApi) -> anyhow::Result<f64> {
-    let text = api
-        .http
-        .get(api.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(GAUGE))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0))
+    scrape(&api.url("/metrics"), GAUGE, "").await
 }
 
 async fn stored_version(

@@ -1,4 +1,4 @@
-//! Every error row of API.md: status, content type and problem+json shape.
+//! Every error row of docs/api.md: status, content type and problem+json shape.
 
 use serde_json::json;
 use tests::{client, settings_with_fresh_topic, CommandApi, Reply};

@@ -8,3 +8,5 @@ mod commands;
 mod errors;
 mod export;
 mod foundation;
+mod instances;
+mod partitions;

@@ -60,7 +60,7 @@ async fn a_record_that_is_not_json_lands_in_the_dead_letter_topic_and_the_partit
     };
     let publisher = Publisher::new(&settings.kafka).await.unwrap();
     publisher
-        .publish(partition, &plan.envelopes(&[Utc::now()]))
+        .publish(partition, &plan.envelopes(&settings.tenant, &[Utc::now()]))
         .await
         .unwrap();
 

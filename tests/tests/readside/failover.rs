@@ -68,7 +68,7 @@ async fn a_projector_killed_amid_thousands_of_events_and_restarted_ends_equal_to
     for i in 0..700 {
         let plan = Plan::mixed(i, customers[i % customers.len()]);
         let times = plan.times(i);
-        let envelopes = plan.envelopes(&times);
+        let envelopes = plan.envelopes(&settings.tenant, &times);
         expected.insert(plan.order, expect(&plan.events, Some(&times)));
         published.insert(
             plan.order,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration as Minutes, NaiveDate, TimeZone, Utc};
-use events::{EventEnvelope, EventMetadata, LineItem, OrderEvent, DEFAULT_TENANT, ORDER_AGGREGATE};
+use events::{EventEnvelope, EventMetadata, LineItem, OrderEvent, ORDER_AGGREGATE};
 use serde_json::json;
 use tests::{CommandApi, Keyspace, PROJECTIONS};
 use uuid::Uuid;
@@ -85,15 +85,15 @@ impl Plan {
             .collect()
     }
 
-    /// The envelopes of the plan as command-api would publish them.
-    pub fn envelopes(&self, times: &[DateTime<Utc>]) -> Vec<EventEnvelope> {
+    /// The envelopes of the plan as command-api of `tenant` would publish them.
+    pub fn envelopes(&self, tenant: &str, times: &[DateTime<Utc>]) -> Vec<EventEnvelope> {
         self.events
             .iter()
             .zip(times)
             .enumerate()
             .map(|(k, (event, at))| EventEnvelope {
                 event_id: Uuid::now_v7(),
-                tenant_id: DEFAULT_TENANT.into(),
+                tenant_id: tenant.into(),
                 aggregate_type: ORDER_AGGREGATE.into(),
                 aggregate_id: self.order,
                 sequence: k as u64 + 1,
@@ -231,7 +231,7 @@ pub struct Expected {
     pub paid_at: Option<DateTime<Utc>>,
 }
 
-/// Fold the events by the rules of API.md (independently of the projector's code).
+/// Fold the events by the rules of docs/api.md (independently of the projector's code).
 pub fn expect(events: &[OrderEvent], times: Option<&[DateTime<Utc>]>) -> Expected {
     let mut e = Expected {
         customer: None,

@@ -140,9 +140,9 @@ async fn commands_sent_to_command_api_become_visible_through_query_api_as_the_ag
         let (version, state): (i64, String) = ks
             .session
             .query_unpaged(
-                "SELECT version, state FROM aggregates WHERE tenant_id = 'default' \
+                "SELECT version, state FROM aggregates WHERE tenant_id = ? \
                  AND aggregate_type = 'order' AND aggregate_id = ?",
-                (plan.order,),
+                (&settings.tenant, plan.order),
             )
             .await
             .unwrap()
