@@ -84,3 +84,13 @@ pub async fn ping(session: &Session) -> anyhow::Result<()> {
         .context("CQL ping")?;
     Ok(())
 }
+
+/// How many other nodes the node answering sees in its ring (`system.peers`).
+pub async fn peers(session: &Session) -> anyhow::Result<usize> {
+    let rows = session
+        .query_unpaged("SELECT peer FROM system.peers", &[])
+        .await
+        .context("reading system.peers")?
+        .into_rows_result()?;
+    Ok(rows.rows_num())
+}

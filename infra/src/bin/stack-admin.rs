@@ -28,6 +28,9 @@ enum Command {
     WaitCql {
         #[arg(long, default_value_t = 240)]
         timeout_secs: u64,
+        /// Also wait until the node sees at least this many peers (a ring of N nodes: N - 1).
+        #[arg(long, default_value_t = 0)]
+        peers: usize,
     },
     /// Create the keyspace and apply schema migrations.
     Migrate,
@@ -73,14 +76,22 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::WaitCql { timeout_secs } => {
+        Command::WaitCql {
+            timeout_secs,
+            peers,
+        } => {
             wait("CQL", timeout_secs, || async {
                 let session = tokio::time::timeout(
                     Duration::from_secs(5),
                     infra::cql::connect(&settings.cql),
                 )
                 .await??;
-                infra::cql::ping(&session).await
+                infra::cql::ping(&session).await?;
+                let seen = infra::cql::peers(&session).await?;
+                if seen < peers {
+                    anyhow::bail!("the node sees {seen} of {peers} peers");
+                }
+                Ok(())
             })
             .await
         }
