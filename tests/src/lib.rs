@@ -6,6 +6,8 @@
 //! - [`CommandApi`]: an in-process command API on port 0, or the real binary as a child process;
 //! - [`read_topic`]: every record of a topic, with headers, up to its end offsets;
 //! - [`dev`]: `infra/dev` sub-commands (stop and start a part) for failure tests;
+//!   [`dev_cluster`]: the same on the cluster stack (`infra/dev … --cluster`);
+//! - [`faults`]: the fault suite (steady load through HAProxy while parts of the cluster fail);
 //! - [`Keyspace`]: a migrated keyspace of the test's own, its read-model rows, and [`Keyspace::drain`]
 //!   (wait until the projector's stored offsets reach the topic's end);
 //! - [`Projector`]: the projector in process, or the real binary as a child process (SIGKILL);
@@ -24,6 +26,8 @@ use infra::Settings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use uuid::Uuid;
+
+pub mod faults;
 
 /// `event` as the `sequence`-th event of order `id`, in the envelope the command API publishes
 /// (occurred now, fresh event and command ids).
@@ -453,6 +457,15 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Run `infra/dev <args…> --cluster`: the same sub-commands on the cluster stack (`kafka-1`,
+/// `cassandra-2`, `command-api-1`, `haproxy`, … as parts; `kill`, `pause`, `resume` besides
+/// `start` and `stop`).
+pub fn dev_cluster(args: &[&str]) -> anyhow::Result<()> {
+    let mut args = args.to_vec();
+    args.push("--cluster");
+    dev(&args)
 }
 
 /// Run `infra/dev <args…>` (the script the README documents) and require success.
