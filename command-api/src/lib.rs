@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::{Json, Router};
+use infra::auth::{self, Authenticator};
 use infra::http::{self, Readiness};
 use infra::Settings;
 use tokio::net::TcpListener;
@@ -33,6 +34,7 @@ use crate::write::{Limits, WritePath};
 /// Everything a running command API holds.
 pub struct App {
     pub write: Arc<WritePath>,
+    pub auth: Arc<Authenticator>,
     pub publisher: Arc<Publisher>,
     pub readiness: Readiness,
     pub settings: Settings,
@@ -41,6 +43,7 @@ pub struct App {
 impl App {
     /// Connect to CQL and Kafka and prepare the write path.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = Authenticator::from_settings(&settings).await?;
         let session = infra::cql::connect_keyspace(&settings.cql).await?;
         let publisher = Arc::new(Publisher::new(&settings.kafka).await?);
         let store = Arc::new(CqlStore::new(session.clone(), &settings).await?);
@@ -49,12 +52,16 @@ impl App {
             publisher.clone(),
             Limits::from_settings(&settings.command_api),
         ));
+        // The tenant of unauthenticated setups (and of data written before tokens named tenants)
+        // is swept from the start.
+        write.register_tenant(&settings.tenant).await?;
         let readiness = Readiness::new(vec![
             ("cql", http::cql_check(session)),
             ("kafka", http::kafka_client_check(publisher.probe())),
         ]);
         Ok(Self {
             write,
+            auth,
             publisher,
             readiness,
             settings,
@@ -66,6 +73,7 @@ impl App {
         let metrics = http::install_metrics();
         api_router(
             self.write.clone(),
+            self.auth.clone(),
             self.settings.command_api.body_limit_bytes,
         )
         .merge(http::ops_routes(self.readiness.clone(), metrics))
@@ -86,10 +94,12 @@ impl App {
             stop_rx.clone(),
         ));
         let sweeper = tokio::spawn(sweeper::run(self.write.clone(), sweep_settings, stop_rx));
+        let auth_maintenance = self.auth.spawn_maintenance();
         tracing::info!(addr = %listener.local_addr()?, "command-api listening");
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await?;
+        auth_maintenance.abort();
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
         let _ = refresher.await;
@@ -100,11 +110,24 @@ impl App {
     }
 }
 
-/// The command routes and `/openapi.json` over a write path, with the body limit and the request
-/// plumbing (metrics, correlation ids); no `/healthz` etc. Route tests call it on an in-memory one.
-pub fn api_router(write: Arc<WritePath>, body_limit_bytes: usize) -> Router {
+/// The command routes (bearer token with `orders:write`, rate limits) and `/openapi.json` over a
+/// write path, with the body limit and the request plumbing (metrics, correlation ids); no
+/// `/healthz` etc. Route tests call it on an in-memory one.
+pub fn api_router(
+    write: Arc<WritePath>,
+    auth: Arc<Authenticator>,
+    body_limit_bytes: usize,
+) -> Router {
     routes::orders::router()
         .with_state(write)
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth::ORDERS_WRITE,
+            auth::require,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::authenticate,
+        ))
         .route(
             "/openapi.json",
             get(|| async { Json(openapi::ApiDoc::openapi()) }),

@@ -1,6 +1,6 @@
 //! `/openapi.json`, generated from the handlers' annotations.
 
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 
 use crate::routes::orders;
 
@@ -21,9 +21,22 @@ use crate::routes::orders;
         readyz,
         metrics,
     ),
-    components(schemas(infra::http::Problem, infra::http::FieldError))
+    components(schemas(infra::http::Problem, infra::http::FieldError)),
+    modifiers(&Secured)
 )]
 pub struct ApiDoc;
+
+/// Every command needs a bearer token with `orders:write`.
+struct Secured;
+
+impl Modify for Secured {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        infra::auth::document(api, |path| {
+            path.starts_with("/v1/")
+                .then_some(infra::auth::ORDERS_WRITE)
+        });
+    }
+}
 
 /// The process serves.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Serving")))]

@@ -59,23 +59,74 @@ pub struct Pass {
     pub oldest_unpublished: Option<DateTime<Utc>>,
 }
 
-/// One sweeper pass over the buckets from the shared progress (or `lookback` ago, when no sweeper
-/// ever recorded any) up to `grace` ago.
+/// One sweeper pass over the intents of every tenant that wrote to the topic: see [`sweep_tenant`].
+/// A tenant whose pass stops does not stop the others'; the first error is returned at the end.
 pub async fn sweep(
     write: &WritePath,
     grace: Duration,
     lookback: TimeDelta,
 ) -> Result<Pass, CommandError> {
     let now = Utc::now();
+    let mut total = Pass::default();
+    let mut first_error = None;
+    for tenant in write.store().tenants().await? {
+        match sweep_tenant(write, &tenant, now, grace, lookback).await {
+            Ok(pass) => {
+                total.buckets += pass.buckets;
+                total.republished += pass.republished;
+            }
+            Err((pass, e)) => {
+                total.republished += pass.republished;
+                total.oldest_unpublished = match (total.oldest_unpublished, pass.oldest_unpublished)
+                {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                tracing::warn!(tenant, error = %e, "sweeping a tenant's intents stopped");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    record(&total, now);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// One tenant's buckets from the shared progress (or `lookback` ago, when no sweeper ever recorded
+/// any) up to `grace` ago.
+async fn sweep_tenant(
+    write: &WritePath,
+    tenant: &str,
+    now: DateTime<Utc>,
+    grace: Duration,
+    lookback: TimeDelta,
+) -> Result<Pass, (Pass, CommandError)> {
+    let mut pass = Pass::default();
+    match sweep_buckets(write, tenant, now, grace, lookback, &mut pass).await {
+        Ok(()) => Ok(pass),
+        Err(e) => Err((pass, e)),
+    }
+}
+
+async fn sweep_buckets(
+    write: &WritePath,
+    tenant: &str,
+    now: DateTime<Utc>,
+    grace: Duration,
+    lookback: TimeDelta,
+    pass: &mut Pass,
+) -> Result<(), CommandError> {
     let horizon = now - TimeDelta::from_std(grace).unwrap_or(TimeDelta::seconds(20));
     let store = write.store();
-    let mut bucket = match store.sweep_progress().await? {
+    let mut bucket = match store.sweep_progress(tenant).await? {
         Some(progress) => bucket_of(progress),
         None => {
             // The first pass ever: record where the sweepers start, so the next pass goes on
             // from there even if this one sweeps no whole bucket.
             let start = bucket_of(now - lookback);
-            store.save_sweep_progress(start).await?;
+            store.save_sweep_progress(tenant, start).await?;
             start
         }
     };
@@ -87,34 +138,34 @@ pub async fn sweep(
             "sweeper catching up on every bucket since its last progress"
         );
     }
-    let mut pass = Pass::default();
     // Only whole buckets that ended before the horizon: no writer of theirs is still running.
     while bucket + bucket_length() <= horizon {
-        for intent in store.intents(bucket).await? {
+        for intent in store.intents(tenant, bucket).await? {
             if intent.aggregate_type != ORDER_AGGREGATE || intent.published {
                 continue;
             }
-            match write.republish(intent.aggregate_id, intent.version).await {
+            match write
+                .republish(tenant, intent.aggregate_id, intent.version)
+                .await
+            {
                 Ok(true) => {
                     pass.republished += 1;
                     metrics::counter!("sweeper_republished_total").increment(1);
-                    tracing::info!(order_id = %intent.aggregate_id, version = intent.version,
+                    tracing::info!(tenant, order_id = %intent.aggregate_id, version = intent.version,
                         "sweeper republished a batch");
                 }
                 Ok(false) => {}
                 Err(e) => {
                     pass.oldest_unpublished = Some(intent.created_at.unwrap_or(bucket));
-                    record(&pass, now);
                     return Err(e);
                 }
             }
         }
         bucket += bucket_length();
         pass.buckets += 1;
-        store.save_sweep_progress(bucket).await?;
+        store.save_sweep_progress(tenant, bucket).await?;
     }
-    record(&pass, now);
-    Ok(pass)
+    Ok(())
 }
 
 fn record(pass: &Pass, now: DateTime<Utc>) {

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The only tenant until authentication exists; kept in every key so tenants need no migration later.
+/// The tenant of requests when authentication is switched off (and of events written before tokens
+/// named tenants).
 pub const DEFAULT_TENANT: &str = "default";
 
 /// Names of the Kafka record headers that repeat envelope fields for tools that do not parse JSON.

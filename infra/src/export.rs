@@ -21,6 +21,8 @@ pub struct ExportRequest {
     pub from: Option<DateTime<Utc>>,
     /// Only this aggregate's events.
     pub aggregate_id: Option<Uuid>,
+    /// Only the events of this tenant (every tenant's when `None`).
+    pub tenant: Option<String>,
     /// Keep waiting for new events instead of stopping at the end offsets.
     pub follow: bool,
     pub progress: bool,
@@ -122,12 +124,14 @@ pub fn export(
         };
         if key_matches {
             let payload = message.payload().unwrap_or_default();
-            if events::EventEnvelope::from_json(payload).is_ok() {
-                out.write_all(payload)?;
-                out.write_all(b"\n")?;
-                report.written += 1;
-            } else {
-                report.skipped += 1;
+            match events::EventEnvelope::from_json(payload) {
+                Ok(e) if request.tenant.as_ref().is_none_or(|t| *t == e.tenant_id) => {
+                    out.write_all(payload)?;
+                    out.write_all(b"\n")?;
+                    report.written += 1;
+                }
+                Ok(_) => {}
+                Err(_) => report.skipped += 1,
             }
         }
         if !request.follow && end.is_some_and(|end| message.offset() + 1 >= end) {

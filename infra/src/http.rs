@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -125,6 +125,29 @@ impl IntoResponse for Problem {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// Deserialize an integer as JSON Schema defines one: any number without a fractional part
+/// (`3` and `3.0` alike, as generated clients may send), within ±2^53 when written as a float.
+/// A fraction, or a float beyond the exactly representable range, is refused.
+pub fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::de::{Error, Unexpected};
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match serde_json::Number::deserialize(deserializer)? {
+        n if n.is_i64() => n.as_i64().ok_or_else(|| D::Error::custom("not an integer")),
+        n if n.is_u64() => Err(D::Error::invalid_value(
+            Unexpected::Other(&n.to_string()),
+            &"an integer within the signed 64-bit range",
+        )),
+        n => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() <= EXACT {
+                Ok(f as i64)
+            } else {
+                Err(D::Error::invalid_type(Unexpected::Float(f), &"an integer"))
+            }
+        }
     }
 }
 

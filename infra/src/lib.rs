@@ -6,6 +6,7 @@
 //! problem+json error, the JSON extractor, health, readiness and metrics routes that both APIs and
 //! the projector serve; [`export`] writes the event stream out for analysts.
 
+pub mod auth;
 pub mod cql;
 pub mod export;
 pub mod http;

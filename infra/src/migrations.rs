@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "projections",
         include_str!("../migrations/0002_projections.cql"),
     ),
+    (3, "tenants", include_str!("../migrations/0003_tenants.cql")),
 ];
 
 /// Split a migration file into statements, dropping `--` comments.

@@ -11,14 +11,52 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Settings {
-    /// The tenant every key carries until authentication exists.
+    /// The tenant of every request when authentication is switched off (`auth.enabled = false`);
+    /// with authentication on, the tenant comes from each token's claim.
     pub tenant: String,
+    pub auth: Auth,
+    pub rate_limit: RateLimit,
     pub telemetry: Telemetry,
     pub kafka: Kafka,
     pub cql: Cql,
     pub command_api: CommandApi,
     pub query_api: QueryApi,
     pub projector: Projector,
+}
+
+/// Bearer tokens (JWT) on both APIs; see docs/security.md.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Auth {
+    /// `false` switches authentication off: every request acts for `tenant` with every scope.
+    /// Only for local experiments; each start logs a warning.
+    pub enabled: bool,
+    /// The public keys tokens are verified with: a JWKS file's path or an `http(s)://` URL.
+    pub jwks: String,
+    /// How often the JWKS is read again (key rotation). An unknown `kid` also triggers a read, at
+    /// most once per `jwks_min_refresh_ms`.
+    pub jwks_refresh_ms: u64,
+    pub jwks_min_refresh_ms: u64,
+    /// The only accepted `iss`.
+    pub issuer: String,
+    /// The `aud` every token must name.
+    pub audience: String,
+    /// The claim that names the caller's tenant.
+    pub tenant_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+/// Token buckets per tenant and per client (token subject), in each instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RateLimit {
+    /// Requests per second a tenant may sustain (0: no limit), and how many it may send at once.
+    pub tenant_per_second: u32,
+    pub tenant_burst: u32,
+    /// The same per client (a tenant's subject).
+    pub client_per_second: u32,
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -125,12 +163,40 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             tenant: events::DEFAULT_TENANT.to_string(),
+            auth: Auth::default(),
+            rate_limit: RateLimit::default(),
             telemetry: Telemetry::default(),
             kafka: Kafka::default(),
             cql: Cql::default(),
             command_api: CommandApi::default(),
             query_api: QueryApi::default(),
             projector: Projector::default(),
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            jwks: String::new(),
+            jwks_refresh_ms: 300_000,
+            jwks_min_refresh_ms: 10_000,
+            issuer: "cqrs-dev".into(),
+            audience: "orders-api".into(),
+            tenant_claim: "tenant".into(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            tenant_per_second: 1_000,
+            tenant_burst: 2_000,
+            client_per_second: 200,
+            client_burst: 400,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! In-process cache of hot order views, already serialized.
 //!
-//! Keys are `(generation, order_id)`: after a rebuild switch, lookups use the new generation and
+//! Keys are `(generation, tenant, order_id)`: after a rebuild switch, lookups use the new generation and
 //! never see a view of the old one, which simply ages out. Entries live `cache_ttl_ms` (the bound
 //! on how stale a read without `min_version` may be); at most `cache_capacity` are kept, evicting
 //! the oldest inserted first (with a TTL the oldest entry is the next to expire anyway).
@@ -27,7 +27,7 @@ pub struct CachedView {
     pub body: Bytes,
 }
 
-type Key = (i32, Uuid);
+type Key = (i32, String, Uuid);
 
 struct Entry {
     view: Arc<CachedView>,
@@ -74,15 +74,17 @@ impl OrderCache {
     pub fn get(
         &self,
         generation: i32,
+        tenant: &str,
         order_id: Uuid,
         min_version: Option<i64>,
     ) -> Option<Arc<CachedView>> {
-        self.get_at(generation, order_id, min_version, Instant::now())
+        self.get_at(generation, tenant, order_id, min_version, Instant::now())
     }
 
     fn get_at(
         &self,
         generation: i32,
+        tenant: &str,
         order_id: Uuid,
         min_version: Option<i64>,
         now: Instant,
@@ -90,23 +92,31 @@ impl OrderCache {
         if !self.enabled() {
             return None;
         }
-        let shard = self.shard(&(generation, order_id));
-        let entry = shard.entries.get(&(generation, order_id))?;
+        let key = (generation, tenant.to_string(), order_id);
+        let shard = self.shard(&key);
+        let entry = shard.entries.get(&key)?;
         let fresh = now.saturating_duration_since(entry.inserted) < self.ttl;
         let recent_enough = min_version.is_none_or(|n| entry.view.version >= n);
         (fresh && recent_enough).then(|| entry.view.clone())
     }
 
     /// Remember a view just read, unless a newer one is cached.
-    pub fn insert(&self, generation: i32, order_id: Uuid, view: Arc<CachedView>) {
-        self.insert_at(generation, order_id, view, Instant::now());
+    pub fn insert(&self, generation: i32, tenant: &str, order_id: Uuid, view: Arc<CachedView>) {
+        self.insert_at(generation, tenant, order_id, view, Instant::now());
     }
 
-    fn insert_at(&self, generation: i32, order_id: Uuid, view: Arc<CachedView>, now: Instant) {
+    fn insert_at(
+        &self,
+        generation: i32,
+        tenant: &str,
+        order_id: Uuid,
+        view: Arc<CachedView>,
+        now: Instant,
+    ) {
         if !self.enabled() {
             return;
         }
-        let key = (generation, order_id);
+        let key = (generation, tenant.to_string(), order_id);
         let mut shard = self.shard(&key);
         if let Some(entry) = shard.entries.get_mut(&key) {
             if entry.view.version <= view.version {
@@ -124,13 +134,13 @@ impl OrderCache {
             shard.entries.remove(&oldest);
         }
         shard.entries.insert(
-            key,
+            key.clone(),
             Entry {
                 view,
                 inserted: now,
             },
         );
-        shard.order.push_back(key);
+        shard.order.push_back(key.clone());
     }
 
     pub fn len(&self) -> usize {
@@ -169,30 +179,30 @@ mod tests {
     fn a_lookup_never_returns_a_version_older_than_asked() {
         let c = cache();
         let id = Uuid::now_v7();
-        c.insert(1, id, view(3));
-        assert_eq!(c.get(1, id, Some(3)).unwrap().version, 3);
-        assert_eq!(c.get(1, id, Some(2)).unwrap().version, 3);
-        assert!(c.get(1, id, Some(4)).is_none());
-        assert_eq!(c.get(1, id, None).unwrap().version, 3);
+        c.insert(1, "t", id, view(3));
+        assert_eq!(c.get(1, "t", id, Some(3)).unwrap().version, 3);
+        assert_eq!(c.get(1, "t", id, Some(2)).unwrap().version, 3);
+        assert!(c.get(1, "t", id, Some(4)).is_none());
+        assert_eq!(c.get(1, "t", id, None).unwrap().version, 3);
     }
 
     #[test]
     fn an_older_view_never_replaces_a_newer_one() {
         let c = cache();
         let id = Uuid::now_v7();
-        c.insert(1, id, view(5));
-        c.insert(1, id, view(4));
-        assert_eq!(c.get(1, id, None).unwrap().version, 5);
-        c.insert(1, id, view(6));
-        assert_eq!(c.get(1, id, None).unwrap().version, 6);
+        c.insert(1, "t", id, view(5));
+        c.insert(1, "t", id, view(4));
+        assert_eq!(c.get(1, "t", id, None).unwrap().version, 5);
+        c.insert(1, "t", id, view(6));
+        assert_eq!(c.get(1, "t", id, None).unwrap().version, 6);
     }
 
     #[test]
     fn generations_do_not_share_entries() {
         let c = cache();
         let id = Uuid::now_v7();
-        c.insert(1, id, view(5));
-        assert!(c.get(2, id, None).is_none());
+        c.insert(1, "t", id, view(5));
+        assert!(c.get(2, "t", id, None).is_none());
     }
 
     #[test]
@@ -200,12 +210,12 @@ mod tests {
         let c = OrderCache::new(10, Duration::from_millis(100));
         let id = Uuid::now_v7();
         let t0 = Instant::now();
-        c.insert_at(1, id, view(1), t0);
+        c.insert_at(1, "t", id, view(1), t0);
         assert!(c
-            .get_at(1, id, None, t0 + Duration::from_millis(99))
+            .get_at(1, "t", id, None, t0 + Duration::from_millis(99))
             .is_some());
         assert!(c
-            .get_at(1, id, None, t0 + Duration::from_millis(100))
+            .get_at(1, "t", id, None, t0 + Duration::from_millis(100))
             .is_none());
     }
 
@@ -213,7 +223,7 @@ mod tests {
     fn the_cache_stays_within_its_capacity() {
         let c = OrderCache::new(32, Duration::from_secs(60));
         for _ in 0..1000 {
-            c.insert(1, Uuid::new_v4(), view(1));
+            c.insert(1, "t", Uuid::new_v4(), view(1));
         }
         assert!(c.len() <= 32, "{} entries", c.len());
         assert!(!c.is_empty());
@@ -223,7 +233,7 @@ mod tests {
     fn a_zero_capacity_disables_the_cache() {
         let c = OrderCache::new(0, Duration::from_secs(60));
         let id = Uuid::now_v7();
-        c.insert(1, id, view(1));
-        assert!(c.get(1, id, None).is_none());
+        c.insert(1, "t", id, view(1));
+        assert!(c.get(1, "t", id, None).is_none());
     }
 }

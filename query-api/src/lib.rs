@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::middleware::from_fn;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
+use infra::auth::{self, Authenticator};
 use infra::http::{
     correlation_id, cql_check, fallback, install_metrics, kafka_check, ops_routes, track_metrics,
     Readiness,
@@ -54,6 +55,7 @@ pub struct AppState {
     pub topic: Arc<str>,
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
+    pub auth: Arc<Authenticator>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
         store: Arc<dyn ReadModels>,
         end_offsets: Arc<dyn EndOffsets>,
         readiness: Readiness,
+        auth: Arc<Authenticator>,
     ) -> Self {
         let q = &settings.query_api;
         let cache = OrderCache::new(q.cache_capacity, Duration::from_millis(q.cache_ttl_ms));
@@ -73,19 +76,30 @@ impl AppState {
             topic: Arc::from(settings.kafka.topic.as_str()),
             readiness,
             metrics: install_metrics(),
+            auth,
         }
     }
 }
 
-/// The whole HTTP surface of the service.
+/// The whole HTTP surface of the service: `/v1` behind a bearer token (and the caller's rate
+/// limits), each group of routes behind its scope; `/openapi.json` and the operational routes open.
 pub fn app(state: AppState) -> Router {
     let ops = ops_routes(state.readiness.clone(), state.metrics.clone());
+    let scoped = |router: Router<AppState>, scope: &'static str| {
+        router.route_layer(from_fn_with_state(scope, auth::require))
+    };
+    let api = Router::new()
+        .merge(scoped(
+            routes::orders::router()
+                .merge(routes::customers::router())
+                .merge(routes::stats::router()),
+            auth::ORDERS_READ,
+        ))
+        .merge(scoped(routes::order_events::router(), auth::EVENTS_READ))
+        .merge(scoped(routes::projections::router(), auth::OPS))
+        .route_layer(from_fn_with_state(state.auth.clone(), auth::authenticate));
     Router::new()
-        .merge(routes::orders::router())
-        .merge(routes::order_events::router())
-        .merge(routes::customers::router())
-        .merge(routes::stats::router())
-        .merge(routes::projections::router())
+        .merge(api)
         .merge(routes::openapi::router())
         .with_state(state)
         .merge(ops)
@@ -113,22 +127,18 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let auth = Authenticator::from_settings(&settings).await?;
+    let auth_maintenance = auth.spawn_maintenance();
     let session = infra::cql::connect_keyspace(&settings.cql).await?;
-    let models = Arc::new(
-        CqlReadModels::new(
-            session.clone(),
-            settings.cql.keyspace.clone(),
-            settings.tenant.clone(),
-        )
-        .await?,
-    );
+    let models =
+        Arc::new(CqlReadModels::new(session.clone(), settings.cql.keyspace.clone()).await?);
     let refresher = spawn_refresher(models.clone());
     let end_offsets = Arc::new(KafkaEndOffsets::new(&settings.kafka)?);
     let readiness = Readiness::new(vec![
         ("cql", cql_check(session)),
         ("kafka", kafka_check(settings.kafka.clone())),
     ]);
-    let state = AppState::new(&settings, models, end_offsets, readiness);
+    let state = AppState::new(&settings, models, end_offsets, readiness, auth);
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "query-api listening");
     let served = axum::serve(listener, app(state))
@@ -136,6 +146,7 @@ pub async fn serve(
         .await
         .context("serving HTTP");
     refresher.abort();
+    auth_maintenance.abort();
     tracing::info!("query-api stopped");
     served
 }

@@ -21,7 +21,13 @@ use crate::{app, AppState};
 fn state(store: Arc<MemoryStore>) -> AppState {
     let mut settings = infra::Settings::default();
     settings.query_api.min_version_wait_ms = 200;
-    AppState::new(&settings, store.clone(), store, Readiness::new(vec![]))
+    AppState::new(
+        &settings,
+        store.clone(),
+        store,
+        Readiness::new(vec![]),
+        infra::auth::Authenticator::disabled(crate::store::memory::TENANT),
+    )
 }
 
 async fn get(store: &Arc<MemoryStore>, uri: &str) -> Response {

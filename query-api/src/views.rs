@@ -101,10 +101,13 @@ enum Polled {
     Failed(StoreError),
 }
 
+/// An order of a tenant.
+type OrderKey = (String, Uuid);
+
 pub struct OrderViews {
     store: Arc<dyn ReadModels>,
     cache: OrderCache,
-    pollers: Mutex<HashMap<Uuid, Arc<watch::Sender<Polled>>>>,
+    pollers: Mutex<HashMap<OrderKey, Arc<watch::Sender<Polled>>>>,
     /// The topic whose offsets measure the projection's progress.
     topic: String,
     /// The `orders` projection's progress (see [`ReadModels::orders_progress`]), published by
@@ -127,51 +130,58 @@ impl OrderViews {
     }
 
     /// Read the store, render, remember.
-    async fn load(&self, order_id: Uuid) -> StoreResult<Option<Arc<CachedView>>> {
+    async fn load(&self, tenant: &str, order_id: Uuid) -> StoreResult<Option<Arc<CachedView>>> {
         metrics::counter!("query_order_detail_reads_total").increment(1);
-        let Some(row) = self.store.order_detail(order_id).await? else {
+        let Some(row) = self.store.order_detail(tenant, order_id).await? else {
             return Ok(None);
         };
         let view = Arc::new(render(&row)?);
-        self.cache.insert(row.generation, order_id, view.clone());
+        self.cache
+            .insert(row.generation, tenant, order_id, view.clone());
         Ok(Some(view))
     }
 
-    fn cached(&self, order_id: Uuid, min_version: Option<i64>) -> Option<Arc<CachedView>> {
+    fn cached(
+        &self,
+        tenant: &str,
+        order_id: Uuid,
+        min_version: Option<i64>,
+    ) -> Option<Arc<CachedView>> {
         let generation = self.store.orders_generation()?;
-        let hit = self.cache.get(generation, order_id, min_version);
+        let hit = self.cache.get(generation, tenant, order_id, min_version);
         let result = if hit.is_some() { "hit" } else { "miss" };
         metrics::counter!("query_order_cache_lookups_total", "result" => result).increment(1);
         hit
     }
 
     /// The view as fresh as the cache TTL allows; `None` for an unknown order.
-    pub async fn get(&self, order_id: Uuid) -> StoreResult<Option<Arc<CachedView>>> {
-        if let Some(view) = self.cached(order_id, None) {
+    pub async fn get(&self, tenant: &str, order_id: Uuid) -> StoreResult<Option<Arc<CachedView>>> {
+        if let Some(view) = self.cached(tenant, order_id, None) {
             return Ok(Some(view));
         }
-        self.load(order_id).await
+        self.load(tenant, order_id).await
     }
 
     /// The view once its version is at least `min_version`, waiting at most `wait`.
     pub async fn get_at_least(
         self: &Arc<Self>,
+        tenant: &str,
         order_id: Uuid,
         min_version: i64,
         wait: Duration,
     ) -> ApiResult<Arc<CachedView>> {
         let deadline = Instant::now() + wait;
-        if let Some(view) = self.cached(order_id, Some(min_version)) {
+        if let Some(view) = self.cached(tenant, order_id, Some(min_version)) {
             return Ok(view);
         }
         // Progress as known before this read: a poller started on it re-reads only once the
         // projection moved past it (a stale value only costs one early re-read).
         let seen = *self.progress.borrow();
-        let first = self.load(order_id).await?;
+        let first = self.load(tenant, order_id).await?;
         if let Some(view) = first.as_ref().filter(|v| v.version >= min_version) {
             return Ok(view.clone());
         }
-        let mut rx = self.subscribe(order_id, seen, &first);
+        let mut rx = self.subscribe(tenant, order_id, seen, &first);
         let caught = tokio::time::timeout_at(deadline, async {
             rx.wait_for(|p| match p {
                 Polled::Found(v) => v.version >= min_version,
@@ -215,12 +225,14 @@ impl OrderViews {
     /// reading the same row again at once.
     fn subscribe(
         self: &Arc<Self>,
+        tenant: &str,
         order_id: Uuid,
         seen: Option<i64>,
         first: &Option<Arc<CachedView>>,
     ) -> watch::Receiver<Polled> {
         let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = pollers.get(&order_id) {
+        let key = (tenant.to_string(), order_id);
+        if let Some(tx) = pollers.get(&key) {
             return tx.subscribe();
         }
         let (tx, rx) = watch::channel(match first {
@@ -228,9 +240,9 @@ impl OrderViews {
             None => Polled::Missing,
         });
         let tx = Arc::new(tx);
-        pollers.insert(order_id, tx.clone());
+        pollers.insert(key.clone(), tx.clone());
         let views = self.clone();
-        tokio::spawn(async move { views.poll(order_id, tx, seen).await });
+        tokio::spawn(async move { views.poll(key, tx, seen).await });
         if !self
             .watching
             .swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -273,7 +285,7 @@ impl OrderViews {
     /// waiter's, made after the progress was `seen`.
     async fn poll(
         self: Arc<Self>,
-        order_id: Uuid,
+        key: OrderKey,
         tx: Arc<watch::Sender<Polled>>,
         seen: Option<i64>,
     ) {
@@ -290,7 +302,7 @@ impl OrderViews {
                 // we go on) or finds no poller and starts a new one.
                 let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
                 if tx.receiver_count() == 0 {
-                    pollers.remove(&order_id);
+                    pollers.remove(&key);
                     return;
                 }
             }
@@ -302,7 +314,7 @@ impl OrderViews {
             }
             // Progress seen before the read: whatever the projector records after it wakes us.
             gated = progress.borrow_and_update().is_some();
-            let polled = match self.load(order_id).await {
+            let polled = match self.load(&key.0, key.1).await {
                 Ok(Some(view)) => Polled::Found(view),
                 Ok(None) => Polled::Missing,
                 Err(e) => Polled::Failed(e),
@@ -371,18 +383,18 @@ mod tests {
         let id = Uuid::now_v7();
         store.put(MemoryStore::order(id, 1));
         let v = views(store.clone());
-        assert_eq!(v.get(id).await.unwrap().unwrap().version, 1);
+        assert_eq!(v.get("t", id).await.unwrap().unwrap().version, 1);
         store.put(MemoryStore::order(id, 2));
         // Without min_version the cached view is fine…
-        assert_eq!(v.get(id).await.unwrap().unwrap().version, 1);
+        assert_eq!(v.get("t", id).await.unwrap().unwrap().version, 1);
         // …with it, the store is read.
         let got = v
-            .get_at_least(id, 2, Duration::from_millis(100))
+            .get_at_least("t", id, 2, Duration::from_millis(100))
             .await
             .unwrap();
         assert_eq!(got.version, 2);
         // And the cache moved forward.
-        assert_eq!(v.get(id).await.unwrap().unwrap().version, 2);
+        assert_eq!(v.get("t", id).await.unwrap().unwrap().version, 2);
     }
 
     #[tokio::test]
@@ -392,7 +404,10 @@ mod tests {
         store.put(MemoryStore::order(id, 1));
         store.bump_per_read.lock().unwrap().insert(id, 1);
         let v = views(store.clone());
-        let got = v.get_at_least(id, 5, Duration::from_secs(2)).await.unwrap();
+        let got = v
+            .get_at_least("t", id, 5, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(got.version >= 5);
     }
 
@@ -407,14 +422,14 @@ mod tests {
         // A first waiter starts the progress watcher.
         let first = {
             let v = v.clone();
-            tokio::spawn(async move { v.get_at_least(a, 2, Duration::from_secs(5)).await })
+            tokio::spawn(async move { v.get_at_least("t", a, 2, Duration::from_secs(5)).await })
         };
         tokio::time::sleep(Duration::from_millis(30)).await;
         let before = store.detail_reads.load(Ordering::SeqCst);
 
         let second = {
             let v = v.clone();
-            tokio::spawn(async move { v.get_at_least(b, 2, Duration::from_secs(5)).await })
+            tokio::spawn(async move { v.get_at_least("t", b, 2, Duration::from_secs(5)).await })
         };
         tokio::time::sleep(Duration::from_millis(30)).await;
         // Its own read only: the poller it started did not read the same row again.
@@ -440,7 +455,7 @@ mod tests {
         let v = views(store.clone());
         let waiter = {
             let v = v.clone();
-            tokio::spawn(async move { v.get_at_least(id, 2, Duration::from_secs(5)).await })
+            tokio::spawn(async move { v.get_at_least("t", id, 2, Duration::from_secs(5)).await })
         };
         // Let the watcher publish the progress and the poller settle on it.
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -471,7 +486,9 @@ mod tests {
         let waiters: Vec<_> = (0..50)
             .map(|_| {
                 let v = v.clone();
-                tokio::spawn(async move { v.get_at_least(id, 9, Duration::from_millis(300)).await })
+                tokio::spawn(
+                    async move { v.get_at_least("t", id, 9, Duration::from_millis(300)).await },
+                )
             })
             .collect();
         for w in waiters {
@@ -498,7 +515,7 @@ mod tests {
         let v = views(store);
         let started = std::time::Instant::now();
         let err = v
-            .get_at_least(Uuid::now_v7(), 1, Duration::from_millis(50))
+            .get_at_least("t", Uuid::now_v7(), 1, Duration::from_millis(50))
             .await
             .unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(50));
@@ -512,7 +529,7 @@ mod tests {
         store.put(MemoryStore::order(id, 3));
         let v = views(store);
         let p = v
-            .get_at_least(id, 4, Duration::from_millis(30))
+            .get_at_least("t", id, 4, Duration::from_millis(30))
             .await
             .unwrap_err()
             .to_problem();

@@ -87,7 +87,11 @@ async fn spawn(settings: Settings) -> Server {
 
 #[tokio::test]
 async fn query_api_serves_the_read_models_of_the_active_generation() {
-    let mut settings = Settings::default();
+    // The stack's development JWKS (`infra/dev up`), so that the test's tokens verify.
+    let mut settings = Settings {
+        auth: Settings::load().unwrap().auth,
+        ..Settings::default()
+    };
     settings.cql.keyspace = format!("qa_it_{}", Uuid::new_v4().simple());
     settings.cql.consistency = "ONE".into();
     settings.query_api.min_version_wait_ms = 3_000;
@@ -131,7 +135,23 @@ async fn query_api_serves_the_read_models_of_the_active_generation() {
     .await;
 
     let server = spawn(settings.clone()).await;
-    let http = reqwest::Client::new();
+    let token = infra::auth::dev::mint_for(
+        &settings,
+        &settings.tenant,
+        "it",
+        &infra::auth::ALL_SCOPES,
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let url = |path: &str| format!("{}{path}", server.base);
 
     // Order detail, ETag, 304.

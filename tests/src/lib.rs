@@ -155,6 +155,7 @@ impl CommandApi {
     pub async fn spawn(settings: Settings) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let http = client_for(&settings);
         let app = command_api::App::build(settings).await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.serve(listener, async {
@@ -162,7 +163,7 @@ impl CommandApi {
         }));
         Ok(Self {
             addr,
-            http: client(),
+            http,
             stop: Some(tx),
             task: Some(task),
             child: None,
@@ -189,7 +190,7 @@ impl CommandApi {
         let child = cmd.spawn().context("starting the command-api binary")?;
         let api = Self {
             addr,
-            http: client(),
+            http: client_for(settings),
             stop: None,
             task: None,
             child: Some(child),
@@ -302,11 +303,55 @@ pub async fn scrape(url: &str, name: &str, label: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
+/// A client without credentials (operational routes, or to be refused).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_default()
+}
+
+/// A client whose every request carries a bearer token for `settings.tenant` with every scope,
+/// signed with the development key beside `settings.auth.jwks` (`infra/dev up` makes it); a
+/// plain client when authentication is off.
+pub fn client_for(settings: &Settings) -> reqwest::Client {
+    authorized(
+        settings,
+        reqwest::Client::builder().timeout(Duration::from_secs(30)),
+    )
+    .build()
+    .unwrap_or_default()
+}
+
+/// `builder` with the `Authorization` of [`client_for`] as a default header.
+pub fn authorized(settings: &Settings, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    if !settings.auth.enabled {
+        return builder;
+    }
+    match token(settings, &settings.tenant, &infra::auth::ALL_SCOPES) {
+        Ok(token) => {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+            builder.default_headers(headers)
+        }
+        Err(e) => {
+            eprintln!("no token for the tests' requests (they will get 401): {e:#}");
+            builder
+        }
+    }
+}
+
+/// A development token for `tenant` with `scopes`, valid for 6 hours.
+pub fn token(settings: &Settings, tenant: &str, scopes: &[&str]) -> anyhow::Result<String> {
+    infra::auth::dev::mint_for(
+        settings,
+        tenant,
+        "tests",
+        scopes,
+        Duration::from_secs(6 * 3600),
+    )
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -820,7 +865,7 @@ impl QueryApi {
         }));
         let api = Self {
             addr,
-            http: client(),
+            http: client_for(settings),
             stop: Some(tx),
             task: Some(task),
         };

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Extension, Json, Router};
 use events::{EventMetadata, LineItem};
+use infra::auth::Principal;
 use infra::http::{ApiJson, CorrelationId, FieldError, Problem};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -30,40 +31,65 @@ pub fn router() -> Router<Arc<WritePath>> {
 /// A line of an order.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Line {
-    /// 1–64 characters of `[A-Za-z0-9._-]`.
+    /// 1–64 characters of `[A-Za-z0-9._-]`, the first a letter or digit.
+    #[schema(
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub sku: String,
     /// 1–1000.
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "infra::http::integral")]
     pub quantity: i64,
     /// 0–1 000 000 000.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "infra::http::integral")]
     pub unit_price_cents: i64,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PlaceOrder {
-    /// Chosen by the client for idempotent creation; made by the server when absent.
+    /// Chosen by the client for idempotent creation; made by the server when absent (or null).
+    /// A UUID in any of the forms RFC 9562 tools print: hyphenated, 32 hex digits, braced or URN.
+    #[schema(value_type = Option<String>, format = Uuid, pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}|urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")]
     pub order_id: Option<Uuid>,
+    /// A UUID (the same forms as `order_id`).
+    #[schema(value_type = String, format = Uuid, pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}|urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")]
     pub customer_id: Uuid,
     /// Three upper-case letters (ISO 4217).
+    #[schema(pattern = "^[A-Z]{3}$", min_length = 3, max_length = 3)]
     pub currency: String,
-    /// 0–100 lines, each SKU once.
+    /// 0–100 lines, each SKU once (a SKU twice is refused with 422).
+    #[schema(max_items = 100)]
     pub items: Vec<Line>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RecordPayment {
     /// Must equal the order total.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "infra::http::integral")]
     pub amount_cents: i64,
+    /// 1–200 characters, not only white space.
+    #[schema(pattern = r"\S", min_length = 1, max_length = 200)]
     pub payment_ref: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ShipOrder {
+    /// 1–100 characters, not only white space.
+    #[schema(pattern = r"\S", min_length = 1, max_length = 100)]
     pub carrier: String,
+    /// 1–100 characters, not only white space.
+    #[schema(pattern = r"\S", min_length = 1, max_length = 100)]
     pub tracking_number: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CancelOrder {
+    /// 1–500 characters, not only white space.
+    #[schema(pattern = r"\S", min_length = 1, max_length = 500)]
     pub reason: String,
 }
 
@@ -88,11 +114,11 @@ impl Checks {
     }
 
     fn sku(&mut self, field: &str, sku: &str) {
-        let ok_chars = sku
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if sku.is_empty() || sku.len() > 64 || !ok_chars {
-            self.fail(field, "must be 1–64 characters of [A-Za-z0-9._-]");
+        if !valid_sku(sku) {
+            self.fail(
+                field,
+                "must be 1–64 characters of [A-Za-z0-9._-], the first a letter or digit",
+            );
         }
     }
 
@@ -125,6 +151,19 @@ impl Checks {
             Err(Problem::invalid_fields(self.0))
         }
     }
+}
+
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$` (the first character excludes `.` and `..`, which URLs
+/// resolve away).
+fn valid_sku(sku: &str) -> bool {
+    sku.len() <= 64
+        && sku
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && sku
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// The `{id}` of the path, parsed before the body so a bad id is a 400 whatever the body says.
@@ -161,6 +200,7 @@ fn parse_id(raw: &str) -> Result<Uuid, Problem> {
 
 /// What every command takes from its headers.
 fn context(
+    principal: &Principal,
     order_id: Uuid,
     command: OrderCommand,
     headers: &HeaderMap,
@@ -185,6 +225,7 @@ fn context(
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     Ok(CommandContext {
+        tenant: principal.tenant.clone(),
         order_id,
         command,
         idempotency_key,
@@ -203,26 +244,30 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = v
-        .to_str()
-        .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?;
-    if key.is_empty() || key.len() > 200 {
+    let key = v.as_bytes();
+    if key.is_empty() || key.len() > 200 || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
         return Err(Problem::bad_request(
-            "Idempotency-Key must be 1–200 characters",
+            "Idempotency-Key must be 1–200 visible ASCII characters (no spaces)",
         ));
     }
-    Ok(Some(key.to_string()))
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
+/// `"3"`, `W/"3"` or `3`: 1–18 digits (the pattern in the OpenAPI document, [`IF_MATCH_PATTERN`]).
 fn parse_if_match(raw: &str) -> Option<i64> {
     let raw = raw.trim();
     let raw = raw.strip_prefix("W/").unwrap_or(raw);
-    let inner = raw
-        .strip_prefix('"')
-        .and_then(|r| r.strip_suffix('"'))
-        .unwrap_or(raw);
-    inner.parse::<i64>().ok().filter(|v| *v >= 0)
+    let inner = match raw.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"')?,
+        None => raw,
+    };
+    if inner.is_empty() || inner.len() > 18 || !inner.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    inner.parse::<i64>().ok()
 }
+
+pub const IF_MATCH_PATTERN: &str = r#"^(W/)?"[0-9]{1,18}"$|^[0-9]{1,18}$"#;
 
 fn valid_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
@@ -288,21 +333,22 @@ fn success(outcome: CommandOutcome) -> Response {
 /// Place an order.
 #[utoipa::path(post, path = "/v1/orders", tag = "commands", request_body = PlaceOrder,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer, nothing written twice"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Same key, same answer, nothing written twice: 1–200 visible ASCII characters; without `order_id` in the body, the key names the order", min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$"),
     ),
     responses(
         (status = 201, description = "Order placed", body = crate::write::CommandResponse,
          headers(("Location" = String), ("ETag" = String))),
-        (status = 400, description = "Malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order id is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed: broken JSON, a field of the wrong type, a bad Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order id is taken, or concurrent writers kept winning", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or refused", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Kafka or CQL unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or CQL unavailable; see Retry-After", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
     ))]
 pub async fn place_order(
     State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrder>,
 ) -> Result<Response, Problem> {
@@ -325,7 +371,7 @@ pub async fn place_order(
     // retry of the creation, on any instance, meets the first at the same row.
     let order_id = match (body.order_id, idempotency_key(&headers)?) {
         (Some(id), _) => id,
-        (None, Some(key)) => order_id_for_key(repo.tenant(), &key),
+        (None, Some(key)) => order_id_for_key(&principal.tenant, &key),
         (None, None) => Uuid::now_v7(),
     };
     let command = checks.finish(OrderCommand::PlaceOrder {
@@ -337,20 +383,26 @@ pub async fn place_order(
     let OrderCommand::PlaceOrder { order_id, .. } = &command else {
         return Err(Problem::internal(&"unexpected command"));
     };
-    let ctx = context(*order_id, command, &headers, &correlation)?;
+    let ctx = context(&principal, *order_id, command, &headers, &correlation)?;
     Ok(run(&repo, ctx).await)
 }
 
 /// Add a line (or more units of a SKU already on the order).
 #[utoipa::path(post, path = "/v1/orders/{id}/items", tag = "commands", request_body = Line,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::write::CommandResponse),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 412, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Refuse with 412 unless the order is at this version: \"3\", W/\"3\" or 3", pattern = r#"^(W/)?"[0-9]{1,18}"$|^[0-9]{1,18}$"#), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Same key, same answer, nothing written twice: 1–200 visible ASCII characters", min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")),
+    responses((status = 200, description = "Applied; ETag is the order's new version", body = crate::write::CommandResponse, headers(("ETag" = String))),
+        (status = 400, description = "Malformed: id not a UUID, bad If-Match or Idempotency-Key, broken JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (of the caller's tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept winning; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, refused by a business rule, or an Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or CQL unavailable; see Retry-After", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
 pub async fn add_item(
     State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
     OrderId(id): OrderId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Line>,
@@ -361,18 +413,27 @@ pub async fn add_item(
     let Some(command) = command else {
         return Err(Problem::internal(&"validated line missing"));
     };
-    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+    Ok(run(
+        &repo,
+        context(&principal, id, command, &headers, &correlation)?,
+    )
+    .await)
 }
 
 /// Remove a SKU from the order.
 #[utoipa::path(delete, path = "/v1/orders/{id}/items/{sku}", tag = "commands",
-    params(("id" = Uuid, Path), ("sku" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::write::CommandResponse),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
+    params(("id" = Uuid, Path), ("sku" = String, Path, description = "The SKU to remove", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ("If-Match" = Option<String>, Header, nullable = false, description = "Refuse with 412 unless the order is at this version: \"3\", W/\"3\" or 3", pattern = r#"^(W/)?"[0-9]{1,18}"$|^[0-9]{1,18}$"#), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Same key, same answer, nothing written twice: 1–200 visible ASCII characters", min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")),
+    responses((status = 200, description = "Applied; ETag is the order's new version", body = crate::write::CommandResponse, headers(("ETag" = String))),
+        (status = 400, description = "Malformed: id not a UUID, bad If-Match or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (of the caller's tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept winning; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, refused by a business rule, or an Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or CQL unavailable; see Retry-After", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
 pub async fn remove_item(
     State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
     OrderId(id): OrderId,
     Path(path): Path<(String, String)>,
     headers: HeaderMap,
@@ -381,18 +442,29 @@ pub async fn remove_item(
     let mut checks = Checks::default();
     checks.sku("sku", &sku);
     let command = checks.finish(OrderCommand::RemoveItem { sku })?;
-    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+    Ok(run(
+        &repo,
+        context(&principal, id, command, &headers, &correlation)?,
+    )
+    .await)
 }
 
 /// Record the payment of the order's total.
 #[utoipa::path(post, path = "/v1/orders/{id}/payments", tag = "commands", request_body = RecordPayment,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::write::CommandResponse),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Refuse with 412 unless the order is at this version: \"3\", W/\"3\" or 3", pattern = r#"^(W/)?"[0-9]{1,18}"$|^[0-9]{1,18}$"#), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Same key, same answer, nothing written twice: 1–200 visible ASCII characters", min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")),
+    responses((status = 200, description = "Applied; ETag is the order's new version", body = crate::write::CommandResponse, headers(("ETag" = String))),
+        (status = 400, description = "Malformed: id not a UUID, bad If-Match or Idempotency-Key, broken JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (of the caller's tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept winning; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, refused by a business rule, or an Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or CQL unavailable; see Retry-After", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
 pub async fn record_payment(
     State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
     OrderId(id): OrderId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<RecordPayment>,
@@ -406,18 +478,29 @@ pub async fn record_payment(
         amount_cents: body.amount_cents,
         payment_ref: body.payment_ref,
     })?;
-    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+    Ok(run(
+        &repo,
+        context(&principal, id, command, &headers, &correlation)?,
+    )
+    .await)
 }
 
 /// Ship a paid order.
 #[utoipa::path(post, path = "/v1/orders/{id}/shipments", tag = "commands", request_body = ShipOrder,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::write::CommandResponse),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Refuse with 412 unless the order is at this version: \"3\", W/\"3\" or 3", pattern = r#"^(W/)?"[0-9]{1,18}"$|^[0-9]{1,18}$"#), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Same key, same answer, nothing written twice: 1–200 visible ASCII characters", min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")),
+    responses((status = 200, description = "Applied; ETag is the order's new version", body = crate::write::CommandResponse, headers(("ETag" = String))),
+        (status = 400, description = "Malformed: id not a UUID, bad If-Match or Idempotency-Key, broken JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (of the caller's tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept winning; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, refused by a business rule, or an Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or CQL unavailable; see Retry-After", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
 pub async fn ship_order(
     State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
     OrderId(id): OrderId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ShipOrder>,
@@ -429,18 +512,29 @@ pub async fn ship_order(
         carrier: body.carrier,
         tracking_number: body.tracking_number,
     })?;
-    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+    Ok(run(
+        &repo,
+        context(&principal, id, command, &headers, &correlation)?,
+    )
+    .await)
 }
 
 /// Cancel an open or paid order.
 #[utoipa::path(post, path = "/v1/orders/{id}/cancellation", tag = "commands", request_body = CancelOrder,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = crate::write::CommandResponse),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, nullable = false, description = "Refuse with 412 unless the order is at this version: \"3\", W/\"3\" or 3", pattern = r#"^(W/)?"[0-9]{1,18}"$|^[0-9]{1,18}$"#), ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Same key, same answer, nothing written twice: 1–200 visible ASCII characters", min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")),
+    responses((status = 200, description = "Applied; ETag is the order's new version", body = crate::write::CommandResponse, headers(("ETag" = String))),
+        (status = 400, description = "Malformed: id not a UUID, bad If-Match or Idempotency-Key, broken JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (of the caller's tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept winning; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, refused by a business rule, or an Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or CQL unavailable; see Retry-After", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
 pub async fn cancel_order(
     State(repo): State<Arc<WritePath>>,
     Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
     OrderId(id): OrderId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CancelOrder>,
@@ -450,7 +544,11 @@ pub async fn cancel_order(
     let command = checks.finish(OrderCommand::CancelOrder {
         reason: body.reason,
     })?;
-    Ok(run(&repo, context(id, command, &headers, &correlation)?).await)
+    Ok(run(
+        &repo,
+        context(&principal, id, command, &headers, &correlation)?,
+    )
+    .await)
 }
 
 #[cfg(test)]
@@ -484,6 +582,31 @@ mod tests {
                 "items[0].unit_price_cents"
             ]
         );
+    }
+
+    #[test]
+    fn integers_may_be_written_as_floats_without_a_fraction() {
+        let line: Line =
+            serde_json::from_str(r#"{"sku":"A","quantity":2.0,"unit_price_cents":5}"#).unwrap();
+        assert_eq!(line.quantity, 2);
+        for bad in [
+            r#"{"sku":"A","quantity":2.5,"unit_price_cents":5}"#,
+            r#"{"sku":"A","quantity":1e300,"unit_price_cents":5}"#,
+            r#"{"sku":"A","quantity":"2","unit_price_cents":5}"#,
+            r#"{"sku":"A","quantity":18446744073709551615,"unit_price_cents":5}"#,
+        ] {
+            assert!(serde_json::from_str::<Line>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn skus_start_with_a_letter_or_digit() {
+        assert!(valid_sku("A-1.b_c"));
+        assert!(!valid_sku("."));
+        assert!(!valid_sku(".."));
+        assert!(!valid_sku(""));
+        assert!(!valid_sku(&"a".repeat(65)));
+        assert!(!valid_sku("a b"));
     }
 
     #[test]

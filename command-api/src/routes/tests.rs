@@ -25,7 +25,7 @@ fn instances(n: usize) -> (Vec<Router>, Arc<MemoryLog>) {
     let routers = (0..n)
         .map(|_| {
             let write = Arc::new(WritePath::new(store.clone(), log.clone(), limits.clone()));
-            crate::api_router(write, 64 * 1024)
+            crate::api_router(write, infra::auth::Authenticator::disabled("t1"), 64 * 1024)
         })
         .collect();
     (routers, log)

@@ -29,12 +29,15 @@ struct Statements {
     select_intents: PreparedStatement,
     load_progress: PreparedStatement,
     save_progress: PreparedStatement,
+    register_tenant: PreparedStatement,
+    select_tenants: PreparedStatement,
 }
 
 pub struct CqlStore {
     session: Arc<Session>,
     statements: Statements,
-    tenant: String,
+    /// The event topic: the sweepers of a topic sweep the tenants that wrote to it.
+    topic: String,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CommandError {
@@ -51,11 +54,16 @@ impl CqlStore {
         let keyspace = settings.cql.keyspace.clone();
         let prepare = |cql: &'static str| {
             let session = session.clone();
-            let cql = ["aggregates", "publish_intents", "sweeper_progress"]
-                .iter()
-                .fold(cql.to_string(), |cql, table| {
-                    cql.replace(&format!(" {table} "), &format!(" {keyspace}.{table} "))
-                });
+            let cql = [
+                "aggregates",
+                "publish_intents",
+                "sweeper_progress",
+                "tenants",
+            ]
+            .iter()
+            .fold(cql.to_string(), |cql, table| {
+                cql.replace(&format!(" {table} "), &format!(" {keyspace}.{table} "))
+            });
             async move {
                 session
                     .prepare(cql.clone())
@@ -114,11 +122,14 @@ impl CqlStore {
                 "UPDATE sweeper_progress USING TIMESTAMP ? SET swept_until = ? WHERE tenant_id = ?",
             )
             .await?,
+            register_tenant: prepare("INSERT INTO tenants (topic, tenant_id) VALUES (?, ?)")
+                .await?,
+            select_tenants: prepare("SELECT tenant_id FROM tenants WHERE topic = ?").await?,
         };
         Ok(Self {
             session,
             statements,
-            tenant: settings.tenant.clone(),
+            topic: settings.kafka.topic.clone(),
         })
     }
 
@@ -126,6 +137,7 @@ impl CqlStore {
     /// A missing intent (expired) counts as unpublished: republishing is always safe.
     async fn intent_is_published(
         &self,
+        tenant: &str,
         id: Uuid,
         at: DateTime<Utc>,
         version: i64,
@@ -134,7 +146,7 @@ impl CqlStore {
             .session
             .execute_unpaged(
                 &self.statements.intent_published,
-                (&self.tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
+                (tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
             )
             .await
             .map_err(unavailable)?;
@@ -171,11 +183,29 @@ impl CqlStore {
 
 #[async_trait]
 impl AggregateStore for CqlStore {
-    fn tenant(&self) -> &str {
-        &self.tenant
+    async fn register_tenant(&self, tenant: &str) -> Result<(), CommandError> {
+        self.session
+            .execute_unpaged(&self.statements.register_tenant, (&self.topic, tenant))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
-    async fn load(&self, id: Uuid, read: Read) -> Result<Option<Head>, CommandError> {
+    async fn tenants(&self) -> Result<Vec<String>, CommandError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_tenants, (&self.topic,))
+            .await
+            .map_err(unavailable)?;
+        let rows = result.into_rows_result().map_err(internal)?;
+        let mut tenants = Vec::new();
+        for row in rows.rows::<(String,)>().map_err(internal)? {
+            tenants.push(row.map_err(internal)?.0);
+        }
+        Ok(tenants)
+    }
+
+    async fn load(&self, tenant: &str, id: Uuid, read: Read) -> Result<Option<Head>, CommandError> {
         type RowT = (
             Option<i64>,
             Option<String>,
@@ -189,7 +219,7 @@ impl AggregateStore for CqlStore {
         };
         let result = self
             .session
-            .execute_unpaged(statement, (&self.tenant, ORDER_AGGREGATE, id))
+            .execute_unpaged(statement, (tenant, ORDER_AGGREGATE, id))
             .await
             .map_err(unavailable)?;
         let row = result
@@ -210,7 +240,7 @@ impl AggregateStore for CqlStore {
         let version = version.unwrap_or(0);
         let pending_published = match pending.last() {
             Some(last) => {
-                self.intent_is_published(id, last.occurred_at, version)
+                self.intent_is_published(tenant, id, last.occurred_at, version)
                     .await?
             }
             None => true,
@@ -227,6 +257,7 @@ impl AggregateStore for CqlStore {
 
     async fn write_intent(
         &self,
+        tenant: &str,
         id: Uuid,
         version: i64,
         at: DateTime<Utc>,
@@ -234,28 +265,27 @@ impl AggregateStore for CqlStore {
         self.session
             .execute_unpaged(
                 &self.statements.insert_intent,
-                (
-                    &self.tenant,
-                    bucket_of(at),
-                    ORDER_AGGREGATE,
-                    id,
-                    version,
-                    at,
-                ),
+                (tenant, bucket_of(at), ORDER_AGGREGATE, id, version, at),
             )
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn commit(&self, id: Uuid, expected: i64, row: NewRow<'_>) -> Result<bool, CommandError> {
+    async fn commit(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        expected: i64,
+        row: NewRow<'_>,
+    ) -> Result<bool, CommandError> {
         let state = serde_json::to_string(row.state).map_err(internal)?;
         let pending = serde_json::to_string(row.pending).map_err(internal)?;
         if expected == 0 {
             self.lwt(
                 &self.statements.insert,
                 (
-                    &self.tenant,
+                    tenant,
                     ORDER_AGGREGATE,
                     id,
                     row.version,
@@ -277,7 +307,7 @@ impl AggregateStore for CqlStore {
                     &pending,
                     row.recent,
                     row.at,
-                    &self.tenant,
+                    tenant,
                     ORDER_AGGREGATE,
                     id,
                     expected,
@@ -289,6 +319,7 @@ impl AggregateStore for CqlStore {
 
     async fn mark_published(
         &self,
+        tenant: &str,
         id: Uuid,
         version: i64,
         at: DateTime<Utc>,
@@ -296,18 +327,22 @@ impl AggregateStore for CqlStore {
         self.session
             .execute_unpaged(
                 &self.statements.mark_published,
-                (&self.tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
+                (tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
             )
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn intents(&self, bucket: DateTime<Utc>) -> Result<Vec<Intent>, CommandError> {
+    async fn intents(
+        &self,
+        tenant: &str,
+        bucket: DateTime<Utc>,
+    ) -> Result<Vec<Intent>, CommandError> {
         type RowT = (String, Uuid, i64, Option<DateTime<Utc>>, Option<bool>);
         let result = self
             .session
-            .execute_unpaged(&self.statements.select_intents, (&self.tenant, bucket))
+            .execute_unpaged(&self.statements.select_intents, (tenant, bucket))
             .await
             .map_err(unavailable)?;
         let rows = result.into_rows_result().map_err(internal)?;
@@ -326,10 +361,10 @@ impl AggregateStore for CqlStore {
         Ok(intents)
     }
 
-    async fn sweep_progress(&self) -> Result<Option<DateTime<Utc>>, CommandError> {
+    async fn sweep_progress(&self, tenant: &str) -> Result<Option<DateTime<Utc>>, CommandError> {
         let result = self
             .session
-            .execute_unpaged(&self.statements.load_progress, (&self.tenant,))
+            .execute_unpaged(&self.statements.load_progress, (tenant,))
             .await
             .map_err(unavailable)?;
         Ok(result
@@ -340,11 +375,15 @@ impl AggregateStore for CqlStore {
             .and_then(|(p,)| p))
     }
 
-    async fn save_sweep_progress(&self, until: DateTime<Utc>) -> Result<(), CommandError> {
+    async fn save_sweep_progress(
+        &self,
+        tenant: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), CommandError> {
         self.session
             .execute_unpaged(
                 &self.statements.save_progress,
-                (until.timestamp_micros(), until, &self.tenant),
+                (until.timestamp_micros(), until, tenant),
             )
             .await
             .map_err(unavailable)?;

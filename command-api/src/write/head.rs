@@ -34,7 +34,7 @@ impl Head {
 
 /// Rows this instance read or wrote last, bounded.
 pub struct HeadCache {
-    heads: Mutex<HashMap<Uuid, Head>>,
+    heads: Mutex<HashMap<(String, Uuid), Head>>,
     capacity: usize,
 }
 
@@ -46,25 +46,30 @@ impl HeadCache {
         }
     }
 
-    pub fn get(&self, id: Uuid) -> Option<Head> {
-        self.heads.lock().ok()?.get(&id).cloned()
+    pub fn get(&self, tenant: &str, id: Uuid) -> Option<Head> {
+        self.heads
+            .lock()
+            .ok()?
+            .get(&(tenant.to_string(), id))
+            .cloned()
     }
 
-    pub fn put(&self, id: Uuid, head: Head) {
+    pub fn put(&self, tenant: &str, id: Uuid, head: Head) {
         if let Ok(mut heads) = self.heads.lock() {
-            if heads.len() >= self.capacity && !heads.contains_key(&id) {
+            let key = (tenant.to_string(), id);
+            if heads.len() >= self.capacity && !heads.contains_key(&key) {
                 // Evict an arbitrary entry; a miss only costs one read.
-                if let Some(victim) = heads.keys().next().copied() {
+                if let Some(victim) = heads.keys().next().cloned() {
                     heads.remove(&victim);
                 }
             }
-            heads.insert(id, head);
+            heads.insert(key, head);
         }
     }
 
-    pub fn forget(&self, id: Uuid) {
+    pub fn forget(&self, tenant: &str, id: Uuid) {
         if let Ok(mut heads) = self.heads.lock() {
-            heads.remove(&id);
+            heads.remove(&(tenant.to_string(), id));
         }
     }
 }
@@ -138,11 +143,16 @@ mod tests {
         };
         let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
         for id in &ids {
-            cache.put(*id, head.clone());
+            cache.put("t", *id, head.clone());
         }
-        assert_eq!(ids.iter().filter(|id| cache.get(**id).is_some()).count(), 2);
-        assert!(cache.get(ids[2]).is_some(), "the newest entry stays");
-        cache.forget(ids[2]);
-        assert!(cache.get(ids[2]).is_none());
+        assert_eq!(
+            ids.iter()
+                .filter(|id| cache.get("t", **id).is_some())
+                .count(),
+            2
+        );
+        assert!(cache.get("t", ids[2]).is_some(), "the newest entry stays");
+        cache.forget("t", ids[2]);
+        assert!(cache.get("t", ids[2]).is_none());
     }
 }

@@ -3,7 +3,7 @@
 //! unit and route tests only: several write paths over one store behave like several instances
 //! over one database. Integration tests run against the real stack.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -17,19 +17,21 @@ use super::store::{bucket_of, AggregateStore, EventLog, Intent, NewRow, Read};
 use super::CommandError;
 use crate::publisher::PublishError;
 
-/// (bucket, aggregate id, version) of a publish intent.
-type IntentKey = (DateTime<Utc>, Uuid, i64);
+/// (tenant, bucket, aggregate id, version) of a publish intent.
+type IntentKey = (String, DateTime<Utc>, Uuid, i64);
 
 #[derive(Default)]
 struct Tables {
-    rows: HashMap<Uuid, Head>,
-    /// (bucket, aggregate id, version) -> (created at, published)
+    rows: HashMap<(String, Uuid), Head>,
+    /// (tenant, bucket, aggregate id, version) -> (created at, published)
     intents: BTreeMap<IntentKey, (DateTime<Utc>, bool)>,
-    progress: Option<DateTime<Utc>>,
+    progress: HashMap<String, DateTime<Utc>>,
+    tenants: BTreeSet<String>,
 }
 
-/// One tenant's aggregate rows and intents in memory.
+/// Aggregate rows and intents of every tenant in memory.
 pub struct MemoryStore {
+    /// The tenant [`MemoryStore::version`] looks at.
     tenant: String,
     tables: Mutex<Tables>,
     /// Rows read, by kind (tests count confirmations).
@@ -53,34 +55,49 @@ impl MemoryStore {
             .map_err(|_| CommandError::Internal("memory store poisoned".into()))
     }
 
-    /// The stored version of an aggregate (0 when absent).
+    /// The stored version of an aggregate of the store's tenant (0 when absent).
     pub fn version(&self, id: Uuid) -> i64 {
+        self.version_of(&self.tenant, id)
+    }
+
+    /// The stored version of an aggregate of `tenant` (0 when absent).
+    pub fn version_of(&self, tenant: &str, id: Uuid) -> i64 {
         self.tables()
             .ok()
-            .and_then(|t| t.rows.get(&id).map(|h| h.version))
+            .and_then(|t| t.rows.get(&(tenant.to_string(), id)).map(|h| h.version))
             .unwrap_or(0)
     }
 }
 
 #[async_trait]
 impl AggregateStore for MemoryStore {
-    fn tenant(&self) -> &str {
-        &self.tenant
+    async fn register_tenant(&self, tenant: &str) -> Result<(), CommandError> {
+        self.tables()?.tenants.insert(tenant.to_string());
+        Ok(())
     }
 
-    async fn load(&self, id: Uuid, read: Read) -> Result<Option<Head>, CommandError> {
+    async fn tenants(&self) -> Result<Vec<String>, CommandError> {
+        Ok(self.tables()?.tenants.iter().cloned().collect())
+    }
+
+    async fn load(&self, tenant: &str, id: Uuid, read: Read) -> Result<Option<Head>, CommandError> {
         match read {
             Read::Quorum => self.quorum_reads.fetch_add(1, Ordering::Relaxed),
             Read::Serial => self.serial_reads.fetch_add(1, Ordering::Relaxed),
         };
         let tables = self.tables()?;
-        let Some(mut head) = tables.rows.get(&id).cloned() else {
+        let Some(mut head) = tables.rows.get(&(tenant.to_string(), id)).cloned() else {
             return Ok(None);
         };
         head.pending_published = match head.pending.last() {
             Some(last) => tables
                 .intents
-                .get(&(bucket_of(last.occurred_at), id, head.version))
+                .get(&(
+                    tenant.to_string(),
+                    bucket_of(last.occurred_at),
+                    id,
+                    head.version,
+                ))
                 .is_some_and(|(_, published)| *published),
             None => true,
         };
@@ -89,26 +106,35 @@ impl AggregateStore for MemoryStore {
 
     async fn write_intent(
         &self,
+        tenant: &str,
         id: Uuid,
         version: i64,
         at: DateTime<Utc>,
     ) -> Result<(), CommandError> {
-        self.tables()?
-            .intents
-            .insert((bucket_of(at), id, version), (at, false));
+        self.tables()?.intents.insert(
+            (tenant.to_string(), bucket_of(at), id, version),
+            (at, false),
+        );
         Ok(())
     }
 
-    async fn commit(&self, id: Uuid, expected: i64, row: NewRow<'_>) -> Result<bool, CommandError> {
+    async fn commit(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        expected: i64,
+        row: NewRow<'_>,
+    ) -> Result<bool, CommandError> {
         let mut tables = self.tables()?;
-        let current = tables.rows.get(&id).map(|h| h.version);
+        let key = (tenant.to_string(), id);
+        let current = tables.rows.get(&key).map(|h| h.version);
         let applies = match current {
             None => expected == 0,
             Some(v) => expected != 0 && v == expected,
         };
         if applies {
             tables.rows.insert(
-                id,
+                key,
                 Head {
                     version: row.version,
                     state: row.state.clone(),
@@ -124,6 +150,7 @@ impl AggregateStore for MemoryStore {
 
     async fn mark_published(
         &self,
+        tenant: &str,
         id: Uuid,
         version: i64,
         at: DateTime<Utc>,
@@ -131,19 +158,23 @@ impl AggregateStore for MemoryStore {
         let mut tables = self.tables()?;
         let entry = tables
             .intents
-            .entry((bucket_of(at), id, version))
+            .entry((tenant.to_string(), bucket_of(at), id, version))
             .or_insert((at, false));
         entry.1 = true;
         Ok(())
     }
 
-    async fn intents(&self, bucket: DateTime<Utc>) -> Result<Vec<Intent>, CommandError> {
+    async fn intents(
+        &self,
+        tenant: &str,
+        bucket: DateTime<Utc>,
+    ) -> Result<Vec<Intent>, CommandError> {
         Ok(self
             .tables()?
             .intents
             .iter()
-            .filter(|((b, _, _), _)| *b == bucket)
-            .map(|((_, id, version), (at, published))| Intent {
+            .filter(|((t, b, _, _), _)| t == tenant && *b == bucket)
+            .map(|((_, _, id, version), (at, published))| Intent {
                 aggregate_type: ORDER_AGGREGATE.to_string(),
                 aggregate_id: *id,
                 version: *version,
@@ -153,13 +184,18 @@ impl AggregateStore for MemoryStore {
             .collect())
     }
 
-    async fn sweep_progress(&self) -> Result<Option<DateTime<Utc>>, CommandError> {
-        Ok(self.tables()?.progress)
+    async fn sweep_progress(&self, tenant: &str) -> Result<Option<DateTime<Utc>>, CommandError> {
+        Ok(self.tables()?.progress.get(tenant).copied())
     }
 
-    async fn save_sweep_progress(&self, until: DateTime<Utc>) -> Result<(), CommandError> {
+    async fn save_sweep_progress(
+        &self,
+        tenant: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), CommandError> {
         let mut tables = self.tables()?;
-        tables.progress = Some(tables.progress.map_or(until, |p| p.max(until)));
+        let progress = tables.progress.entry(tenant.to_string()).or_insert(until);
+        *progress = (*progress).max(until);
         Ok(())
     }
 }

@@ -47,6 +47,8 @@ use store::{AggregateStore, EventLog, NewRow, Read};
 /// One command with what came with it.
 #[derive(Debug, Clone)]
 pub struct CommandContext {
+    /// The caller's tenant (from its token): every key the command reads or writes carries it.
+    pub tenant: String,
     pub order_id: Uuid,
     pub command: OrderCommand,
     pub idempotency_key: Option<String>,
@@ -165,6 +167,8 @@ pub struct WritePath {
     cache: HeadCache,
     turns: Turns,
     limits: Limits,
+    /// Tenants this instance has recorded in the store (once per process each).
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl WritePath {
@@ -178,11 +182,25 @@ impl WritePath {
             cache: HeadCache::new(limits.cache_capacity),
             turns: Turns::new(),
             limits,
+            registered: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
-    pub fn tenant(&self) -> &str {
-        self.store.tenant()
+    /// Record `tenant` in the store (so that the sweepers sweep its intents) unless this instance
+    /// already did.
+    pub async fn register_tenant(&self, tenant: &str) -> Result<(), CommandError> {
+        let known = self
+            .registered
+            .lock()
+            .map(|r| r.contains(tenant))
+            .unwrap_or(false);
+        if !known {
+            self.store.register_tenant(tenant).await?;
+            if let Ok(mut r) = self.registered.lock() {
+                r.insert(tenant.to_string());
+            }
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn AggregateStore> {
@@ -196,10 +214,10 @@ impl WritePath {
     /// Run one command through the write path.
     #[tracing::instrument(skip_all, fields(order_id = %ctx.order_id, command = ctx.command.name()))]
     pub async fn execute(&self, ctx: CommandContext) -> Result<CommandOutcome, CommandError> {
-        let id = ctx.order_id;
+        let (tenant, id) = (ctx.tenant.as_str(), ctx.order_id);
         let fingerprint = idempotency::fingerprint(&ctx.command);
         let _turn = self.turns.take(id).await;
-        let cached = self.cache.get(id);
+        let cached = self.cache.get(tenant, id);
         let mut source = if cached.is_some() {
             Source::Cache
         } else if ctx.if_match.is_none() && matches!(ctx.command, OrderCommand::PlaceOrder { .. }) {
@@ -213,7 +231,7 @@ impl WritePath {
         let mut attempt = 1;
         while attempt <= self.limits.max_attempts {
             if let Source::Stored(read) = source {
-                head = self.store.load(id, read).await?;
+                head = self.store.load(tenant, id, read).await?;
             }
             if attempt > 1 {
                 metrics::counter!("command_lwt_retries_total").increment(1);
@@ -228,7 +246,7 @@ impl WritePath {
                 Ok(Attempt::LostRace) => {
                     metrics::counter!("command_lwt_conflicts_total").increment(1);
                     tracing::debug!(attempt, "LWT lost a race; reading the row again");
-                    self.cache.forget(id);
+                    self.cache.forget(tenant, id);
                     // The winner's LWT may still be settling: read serially.
                     source = Source::Stored(Read::Serial);
                 }
@@ -236,7 +254,7 @@ impl WritePath {
                     // Decided on this instance's copy: confirm on the stored row before answering.
                     metrics::counter!("command_refusals_confirmed_total").increment(1);
                     tracing::debug!(error = %refusal, "confirming a refusal on the stored row");
-                    self.cache.forget(id);
+                    self.cache.forget(tenant, id);
                     source = Source::Stored(Read::Serial);
                     continue;
                 }
@@ -253,14 +271,14 @@ impl WritePath {
         fingerprint: Uuid,
         head: Option<Head>,
     ) -> Result<Attempt, CommandError> {
-        let id = ctx.order_id;
+        let (tenant, id) = (ctx.tenant.as_str(), ctx.order_id);
         let checked = decide::check(ctx, fingerprint, head, || self.log.partition_for(id))?;
         let mut head = match checked {
             Checked::Replay { head, outcome } => {
                 // The answer acknowledged a batch: answer again only once it is in Kafka.
                 if head.has_unpublished() {
                     self.log.check_available().await?;
-                    self.publish_pending(id, head).await?;
+                    self.publish_pending(tenant, id, head).await?;
                 }
                 metrics::counter!("command_idempotent_replays_total").increment(1);
                 return Ok(Attempt::Done(outcome));
@@ -274,7 +292,7 @@ impl WritePath {
 
         // 2. A batch committed by a writer that did not live to publish it goes first.
         if head.has_unpublished() {
-            head = self.publish_pending(id, head).await?;
+            head = self.publish_pending(tenant, id, head).await?;
             metrics::counter!("command_pending_republished_total").increment(1);
         }
 
@@ -283,7 +301,7 @@ impl WritePath {
             ctx,
             fingerprint,
             &head,
-            self.store.tenant(),
+            tenant,
             self.limits.keys_per_aggregate,
         )
         .await?;
@@ -299,10 +317,12 @@ impl WritePath {
         } = commit;
         let now = batch.first().map_or_else(Utc::now, |e| e.occurred_at);
         let version = outcome.body.version;
-        self.store.write_intent(id, version, now).await?;
+        self.register_tenant(tenant).await?;
+        self.store.write_intent(tenant, id, version, now).await?;
         let applied = self
             .store
             .commit(
+                tenant,
                 id,
                 expected,
                 NewRow {
@@ -326,12 +346,12 @@ impl WritePath {
             pending_published: false,
             recent,
         };
-        self.cache.put(id, committed.clone());
+        self.cache.put(tenant, id, committed.clone());
 
         match self.limits.fault {
             Fault::None => {}
             Fault::AbortAfterLwt => {
-                self.cache.forget(id);
+                self.cache.forget(tenant, id);
                 return Err(CommandError::Internal(
                     "fault injected after the LWT, before the produce".into(),
                 ));
@@ -343,27 +363,33 @@ impl WritePath {
         }
 
         // 5. Publish; on failure the batch stays pending for the sweeper or the next command.
-        self.publish_pending(id, committed).await?;
+        self.publish_pending(tenant, id, committed).await?;
         Ok(Attempt::Done(outcome))
     }
 
     /// Publish the row's pending batch, record it (off the request path) and cache the row.
-    async fn publish_pending(&self, id: Uuid, mut head: Head) -> Result<Head, CommandError> {
+    async fn publish_pending(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        mut head: Head,
+    ) -> Result<Head, CommandError> {
         self.log.publish(head.partition, &head.pending).await?;
-        self.after_publish(id, &head.pending, head.version);
+        self.after_publish(tenant, id, &head.pending, head.version);
         head.pending_published = true;
-        self.cache.put(id, head.clone());
+        self.cache.put(tenant, id, head.clone());
         Ok(head)
     }
 
     /// Record on its intent that the batch ending at `version` is in Kafka, in the background.
-    fn after_publish(&self, id: Uuid, batch: &[EventEnvelope], version: i64) {
+    fn after_publish(&self, tenant: &str, id: Uuid, batch: &[EventEnvelope], version: i64) {
         let Some(at) = batch.last().map(|e| e.occurred_at) else {
             return;
         };
         let store = self.store.clone();
+        let tenant = tenant.to_string();
         tokio::spawn(async move {
-            if let Err(e) = store.mark_published(id, version, at).await {
+            if let Err(e) = store.mark_published(&tenant, id, version, at).await {
                 tracing::warn!(order_id = %id, error = %e, "marking a batch published failed");
             }
         });
@@ -371,19 +397,24 @@ impl WritePath {
 
     /// The sweeper's part: publish the batch ending at `version` if the row (read serially) still
     /// holds it unpublished. Returns whether it published.
-    pub async fn republish(&self, id: Uuid, version: i64) -> Result<bool, CommandError> {
+    pub async fn republish(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        version: i64,
+    ) -> Result<bool, CommandError> {
         let _turn = self.turns.take(id).await;
         // The row tells whether this intent's LWT applied and whether its batch is still the
         // pending one (a later batch means a later writer published this one first).
-        let Some(head) = self.store.load(id, Read::Serial).await? else {
+        let Some(head) = self.store.load(tenant, id, Read::Serial).await? else {
             return Ok(false);
         };
         if head.version != version || !head.has_unpublished() {
             return Ok(false);
         }
         self.log.publish(head.partition, &head.pending).await?;
-        self.after_publish(id, &head.pending, version);
-        self.cache.forget(id);
+        self.after_publish(tenant, id, &head.pending, version);
+        self.cache.forget(tenant, id);
         Ok(true)
     }
 }

@@ -45,18 +45,22 @@ pub struct Intent {
     pub published: bool,
 }
 
-/// The aggregate rows and publish intents of one tenant.
+/// The aggregate rows and publish intents; every key carries the tenant.
 #[async_trait]
 pub trait AggregateStore: Send + Sync + 'static {
-    /// The tenant every key of this store carries.
-    fn tenant(&self) -> &str;
+    /// Record that `tenant` writes to this store's topic, so that the sweepers sweep its intents.
+    async fn register_tenant(&self, tenant: &str) -> Result<(), CommandError>;
+
+    /// Every tenant that ever wrote to this store's topic.
+    async fn tenants(&self) -> Result<Vec<String>, CommandError>;
 
     /// The aggregate's row, with whether its pending batch is recorded as published.
-    async fn load(&self, id: Uuid, read: Read) -> Result<Option<Head>, CommandError>;
+    async fn load(&self, tenant: &str, id: Uuid, read: Read) -> Result<Option<Head>, CommandError>;
 
     /// Record, before the LWT, that a batch ending at `version` may be committed at `at`.
     async fn write_intent(
         &self,
+        tenant: &str,
         id: Uuid,
         version: i64,
         at: DateTime<Utc>,
@@ -64,24 +68,39 @@ pub trait AggregateStore: Send + Sync + 'static {
 
     /// One LWT: `INSERT … IF NOT EXISTS` when `expected` is 0, else `UPDATE … IF version =
     /// expected`. Returns whether it applied.
-    async fn commit(&self, id: Uuid, expected: i64, row: NewRow<'_>) -> Result<bool, CommandError>;
+    async fn commit(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        expected: i64,
+        row: NewRow<'_>,
+    ) -> Result<bool, CommandError>;
 
     /// Record on its intent that the batch ending at `version` (written at `at`) is in Kafka.
     async fn mark_published(
         &self,
+        tenant: &str,
         id: Uuid,
         version: i64,
         at: DateTime<Utc>,
     ) -> Result<(), CommandError>;
 
     /// Every intent written in the bucket that starts at `bucket`.
-    async fn intents(&self, bucket: DateTime<Utc>) -> Result<Vec<Intent>, CommandError>;
+    async fn intents(
+        &self,
+        tenant: &str,
+        bucket: DateTime<Utc>,
+    ) -> Result<Vec<Intent>, CommandError>;
 
     /// Where the sweepers got: every bucket before it was swept.
-    async fn sweep_progress(&self) -> Result<Option<DateTime<Utc>>, CommandError>;
+    async fn sweep_progress(&self, tenant: &str) -> Result<Option<DateTime<Utc>>, CommandError>;
 
     /// Move the sweepers' progress forward (never back, whatever the order of racing writers).
-    async fn save_sweep_progress(&self, until: DateTime<Utc>) -> Result<(), CommandError>;
+    async fn save_sweep_progress(
+        &self,
+        tenant: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), CommandError>;
 }
 
 /// The event log (a Kafka topic): each aggregate's batches go to the partition it was given once.

@@ -41,6 +41,7 @@ fn cluster(n: usize) -> Cluster {
 
 fn ctx(order_id: Uuid, command: OrderCommand) -> CommandContext {
     CommandContext {
+        tenant: "t1".into(),
         order_id,
         command,
         idempotency_key: None,
@@ -206,7 +207,7 @@ async fn a_replay_is_answered_only_once_its_batch_is_in_the_log() {
     let fingerprint = idempotency::fingerprint(&paid.command);
     let head = c
         .store
-        .load(id, Read::Quorum)
+        .load("t1", id, Read::Quorum)
         .await
         .unwrap()
         .expect("placed");
@@ -214,10 +215,11 @@ async fn a_replay_is_answered_only_once_its_batch_is_in_the_log() {
         .await
         .unwrap();
     let at = commit.batch[0].occurred_at;
-    c.store.write_intent(id, 2, at).await.unwrap();
+    c.store.write_intent("t1", id, 2, at).await.unwrap();
     assert!(c
         .store
         .commit(
+            "t1",
             id,
             1,
             NewRow {
@@ -258,8 +260,9 @@ async fn the_sweeper_goes_through_every_bucket_since_its_progress_however_old() 
     let id = Uuid::now_v7();
     // A batch committed three hours ago by a writer that died before producing it.
     let long_ago = Utc::now() - TimeDelta::hours(3);
+    c.store.register_tenant("t1").await.unwrap();
     c.store
-        .save_sweep_progress(long_ago - TimeDelta::minutes(1))
+        .save_sweep_progress("t1", long_ago - TimeDelta::minutes(1))
         .await
         .unwrap();
     let mut placed = ctx(id, place(id));
@@ -274,10 +277,11 @@ async fn the_sweeper_goes_through_every_bucket_since_its_progress_however_old() 
     for e in &mut commit.batch {
         e.occurred_at = long_ago;
     }
-    c.store.write_intent(id, 1, long_ago).await.unwrap();
+    c.store.write_intent("t1", id, 1, long_ago).await.unwrap();
     let state: Order = commit.state.clone();
     c.store
         .commit(
+            "t1",
             id,
             0,
             NewRow {
@@ -297,7 +301,7 @@ async fn the_sweeper_goes_through_every_bucket_since_its_progress_however_old() 
     let lookback = TimeDelta::minutes(1);
     let grace = std::time::Duration::from_secs(1);
     assert!(sweeper::sweep(a, grace, lookback).await.is_err());
-    let progress = c.store.sweep_progress().await.unwrap().unwrap();
+    let progress = c.store.sweep_progress("t1").await.unwrap().unwrap();
     assert!(
         progress <= long_ago,
         "progress never passes an unpublished batch"

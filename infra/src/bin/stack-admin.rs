@@ -36,6 +36,27 @@ enum Command {
     Migrate,
     /// Create the event and dead-letter topics, growing partitions to the configured count.
     Topics,
+    /// Make a development key pair (Ed25519) and its JWKS in a folder, unless there already.
+    DevKeys {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// Print a bearer token signed with the development key beside `auth.jwks`
+    /// (`APP_AUTH__JWKS`), for the configured issuer and audience.
+    Token {
+        /// The tenant the token acts for.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Space- or comma-separated scopes; default: all (orders:write orders:read events:read ops).
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Lifetime: 90s, 15m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The client (`sub`).
+        #[arg(long, default_value = "dev")]
+        subject: String,
+    },
     /// Write the event stream as JSON lines (to stdout or a file), with progress on stderr.
     Export {
         /// Start at the first event at or after this time (RFC 3339); default: the beginning.
@@ -44,6 +65,9 @@ enum Command {
         /// Only the events of this aggregate.
         #[arg(long)]
         aggregate: Option<uuid::Uuid>,
+        /// Only the events of this tenant (an analyst of one tenant exports only its data).
+        #[arg(long)]
+        tenant: Option<String>,
         /// Keep tailing new events instead of stopping at the end.
         #[arg(long)]
         follow: bool,
@@ -105,9 +129,36 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Topics => infra::kafka::ensure_topics(&settings.kafka).await,
+        Command::DevKeys { dir } => infra::auth::dev::ensure_keys(&dir).map(|jwks| {
+            println!("{}", jwks.display());
+        }),
+        Command::Token {
+            tenant,
+            scopes,
+            ttl,
+            subject,
+        } => (|| {
+            let scopes: Vec<String> = match scopes {
+                Some(s) => s
+                    .split([' ', ','])
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                None => infra::auth::ALL_SCOPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            };
+            let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+            let ttl = infra::auth::dev::parse_ttl(&ttl)?;
+            let token = infra::auth::dev::mint_for(&settings, &tenant, &subject, &scopes, ttl)?;
+            println!("{token}");
+            Ok(())
+        })(),
         Command::Export {
             from,
             aggregate,
+            tenant,
             follow,
             out,
         } => {
@@ -116,6 +167,7 @@ async fn main() -> ExitCode {
                 let request = infra::export::ExportRequest {
                     from,
                     aggregate_id: aggregate,
+                    tenant,
                     follow,
                     progress: out.is_some(),
                 };

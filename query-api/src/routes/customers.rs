@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -71,7 +72,7 @@ pub fn page(mut rows: Vec<CustomerOrderRow>, limit: usize) -> CustomerOrders {
     tag = "orders",
     params(
         ("id" = uuid::Uuid, Path, description = "Customer id"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..=100 (default 20)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size, 1..=100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
@@ -83,6 +84,7 @@ pub fn page(mut rows: Vec<CustomerOrderRow>, limit: usize) -> CustomerOrders {
 )]
 pub async fn list_customer_orders(
     State(state): State<AppState>,
+    Extension(principal): Extension<infra::auth::Principal>,
     PathId(customer_id): PathId,
     params: QueryParams,
 ) -> ApiResult<Json<CustomerOrders>> {
@@ -90,7 +92,7 @@ pub async fn list_customer_orders(
     let after = params::cursor(&params)?;
     let rows = state
         .store
-        .customer_orders(customer_id, after, limit + 1)
+        .customer_orders(&principal.tenant, customer_id, after, limit + 1)
         .await?;
     Ok(Json(page(rows, limit)))
 }

@@ -4,7 +4,7 @@
 
 use axum::routing::get;
 use axum::{Json, Router};
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 
 use crate::routes::{customers, order_events, orders, projections, stats, PROBLEM};
 use crate::AppState;
@@ -44,9 +44,25 @@ use crate::AppState;
         (name = "orders", description = "Order views"),
         (name = "stats", description = "Aggregates"),
         (name = "ops", description = "Health, readiness, metrics, projections"),
-    )
+    ),
+    modifiers(&Secured)
 )]
 pub struct ApiDoc;
+
+/// `/v1` needs a bearer token: events with `events:read`, projections with `ops`, the rest with
+/// `orders:read`.
+struct Secured;
+
+impl Modify for Secured {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        infra::auth::document(api, |path| match path {
+            "/v1/orders/{id}/events" => Some(infra::auth::EVENTS_READ),
+            "/v1/projections" => Some(infra::auth::OPS),
+            p if p.starts_with("/v1/") => Some(infra::auth::ORDERS_READ),
+            _ => None,
+        });
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))

@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -42,9 +43,13 @@ pub struct OrderEvents {
 )]
 pub async fn order_events(
     State(state): State<AppState>,
+    Extension(principal): Extension<infra::auth::Principal>,
     PathId(order_id): PathId,
 ) -> ApiResult<Json<OrderEvents>> {
-    let stored = state.store.order_events(order_id).await?;
+    let stored = state
+        .store
+        .order_events(&principal.tenant, order_id)
+        .await?;
     if stored.is_empty() {
         return Err(not_found(order_id));
     }

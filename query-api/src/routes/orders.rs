@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 
 use crate::error::ApiResult;
@@ -33,9 +34,9 @@ pub fn router() -> Router<AppState> {
     tag = "orders",
     params(
         ("id" = uuid::Uuid, Path, description = "Order id"),
-        ("min_version" = Option<i64>, Query, description = "Wait until the view reflects at least this version (read your own writes)"),
-        ("wait_ms" = Option<i64>, Query, description = "Shortens the wait for `min_version` (never lengthens the server's bound, 5 s by default)"),
-        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer: 304 when still current"),
+        ("min_version" = Option<i64>, Query, minimum = 0, description = "Wait until the view reflects at least this version (read your own writes)"),
+        ("wait_ms" = Option<i64>, Query, minimum = 0, description = "Shortens the wait for `min_version` (never lengthens the server's bound, 5 s by default)"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "An ETag from an earlier answer: 304 when still current"),
     ),
     responses(
         (status = 200, description = "The order", body = OrderDetail,
@@ -50,6 +51,7 @@ pub fn router() -> Router<AppState> {
 )]
 pub async fn get_order(
     State(state): State<AppState>,
+    Extension(principal): Extension<infra::auth::Principal>,
     PathId(order_id): PathId,
     params: QueryParams,
     headers: HeaderMap,
@@ -59,7 +61,7 @@ pub async fn get_order(
     let view = match min_version {
         None => state
             .views
-            .get(order_id)
+            .get(&principal.tenant, order_id)
             .await?
             .ok_or_else(|| not_found(order_id))?,
         Some(min_version) => {
@@ -67,7 +69,7 @@ pub async fn get_order(
             let wait = wait_ms.map_or(bound, |ms| bound.min(Duration::from_millis(ms as u64)));
             state
                 .views
-                .get_at_least(order_id, min_version, wait)
+                .get_at_least(&principal.tenant, order_id, min_version, wait)
                 .await?
         }
     };

@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -72,10 +73,11 @@ pub fn report(mut sales: Vec<DaySales>) -> SalesReport {
 )]
 pub async fn sales(
     State(state): State<AppState>,
+    Extension(principal): Extension<infra::auth::Principal>,
     params: QueryParams,
 ) -> ApiResult<Json<SalesReport>> {
     let (from, to) = params::day_range(&params)?;
-    let sales = state.store.sales(days(from, to)).await?;
+    let sales = state.store.sales(&principal.tenant, days(from, to)).await?;
     Ok(Json(report(sales)))
 }
 

@@ -203,7 +203,6 @@ pub struct CqlReadModels {
     session: Arc<Session>,
     /// Table names are qualified with it (prepared statements relying on `USE` are ambiguous).
     keyspace: String,
-    tenant: String,
     list_projections: PreparedStatement,
     list_offsets: PreparedStatement,
     orders: Tracked<OrdersStatements>,
@@ -213,11 +212,7 @@ pub struct CqlReadModels {
 
 impl CqlReadModels {
     /// Prepare the registry statements and load the active generations once.
-    pub async fn new(
-        session: Arc<Session>,
-        keyspace: String,
-        tenant: String,
-    ) -> anyhow::Result<Self> {
+    pub async fn new(session: Arc<Session>, keyspace: String) -> anyhow::Result<Self> {
         use anyhow::Context;
         let list_projections = session
             .prepare(format!(
@@ -235,7 +230,6 @@ impl CqlReadModels {
         let models = Self {
             session,
             keyspace,
-            tenant,
             list_projections,
             list_offsets,
             orders: Tracked::new(),
@@ -369,11 +363,11 @@ impl ReadModels for CqlReadModels {
     }
 
     #[tracing::instrument(skip_all, fields(%order_id))]
-    async fn order_detail(&self, order_id: Uuid) -> StoreResult<Option<OrderRow>> {
+    async fn order_detail(&self, tenant: &str, order_id: Uuid) -> StoreResult<Option<OrderRow>> {
         let statements = self.statements(&self.orders).await?;
         let result = self
             .session
-            .execute_unpaged(&statements.detail, (&self.tenant, order_id))
+            .execute_unpaged(&statements.detail, (tenant, order_id))
             .await
             .map_err(|e| StoreError::unavailable("reading order_detail")(&e))?;
         let corrupt = StoreError::corrupt("order_detail");
@@ -416,6 +410,7 @@ impl ReadModels for CqlReadModels {
     #[tracing::instrument(skip_all, fields(%customer_id, limit))]
     async fn customer_orders(
         &self,
+        tenant: &str,
         customer_id: Uuid,
         after: Option<CustomerOrderKey>,
         limit: usize,
@@ -425,10 +420,7 @@ impl ReadModels for CqlReadModels {
         let result = match after {
             None => {
                 self.session
-                    .execute_unpaged(
-                        &statements.by_customer_first,
-                        (&self.tenant, customer_id, limit),
-                    )
+                    .execute_unpaged(&statements.by_customer_first, (tenant, customer_id, limit))
                     .await
             }
             Some(key) => {
@@ -436,7 +428,7 @@ impl ReadModels for CqlReadModels {
                     .execute_unpaged(
                         &statements.by_customer_after,
                         (
-                            &self.tenant,
+                            tenant,
                             customer_id,
                             CqlTimestamp(key.placed_at_ms),
                             key.order_id,
@@ -469,14 +461,14 @@ impl ReadModels for CqlReadModels {
     }
 
     #[tracing::instrument(skip_all, fields(days = days.len()))]
-    async fn sales(&self, days: Vec<NaiveDate>) -> StoreResult<Vec<DaySales>> {
+    async fn sales(&self, tenant: &str, days: Vec<NaiveDate>) -> StoreResult<Vec<DaySales>> {
         let statements = self.statements(&self.orders).await?;
         let statements = &statements;
         futures::stream::iter(days)
             .map(|day| async move {
                 let result = self
                     .session
-                    .execute_unpaged(&statements.sales_of_day, (&self.tenant, day))
+                    .execute_unpaged(&statements.sales_of_day, (tenant, day))
                     .await
                     .map_err(|e| StoreError::unavailable("reading sales_by_day")(&e))?;
                 let rows = result
@@ -498,12 +490,12 @@ impl ReadModels for CqlReadModels {
     }
 
     #[tracing::instrument(skip_all, fields(%order_id))]
-    async fn order_events(&self, order_id: Uuid) -> StoreResult<Vec<String>> {
+    async fn order_events(&self, tenant: &str, order_id: Uuid) -> StoreResult<Vec<String>> {
         let statements = self.statements(&self.history).await?;
         // Paged: a long-lived order may have more events than one page holds.
         let pager = self
             .session
-            .execute_iter(statements.events.clone(), (&self.tenant, order_id))
+            .execute_iter(statements.events.clone(), (tenant, order_id))
             .await
             .map_err(|e| StoreError::unavailable("reading order_events")(&e))?;
         let stream = pager

@@ -58,13 +58,19 @@ impl MemoryStore {
     }
 }
 
+/// The one tenant whose rows the memory store holds: every other tenant sees nothing.
+pub const TENANT: &str = "t";
+
 #[async_trait]
 impl ReadModels for MemoryStore {
     fn orders_generation(&self) -> Option<i32> {
         Some(self.generation.load(Ordering::SeqCst))
     }
 
-    async fn order_detail(&self, order_id: Uuid) -> StoreResult<Option<OrderRow>> {
+    async fn order_detail(&self, tenant: &str, order_id: Uuid) -> StoreResult<Option<OrderRow>> {
+        if tenant != TENANT {
+            return Ok(None);
+        }
         self.detail_reads.fetch_add(1, Ordering::SeqCst);
         let mut orders = self.orders.lock().unwrap();
         let found = orders.get(&order_id).cloned().map(|mut row| {
@@ -85,10 +91,14 @@ impl ReadModels for MemoryStore {
 
     async fn customer_orders(
         &self,
+        tenant: &str,
         customer_id: Uuid,
         after: Option<CustomerOrderKey>,
         limit: usize,
     ) -> StoreResult<Vec<CustomerOrderRow>> {
+        if tenant != TENANT {
+            return Ok(Vec::new());
+        }
         let mut rows: Vec<CustomerOrderRow> = self
             .customer_orders
             .lock()
@@ -106,8 +116,10 @@ impl ReadModels for MemoryStore {
             .collect())
     }
 
-    async fn sales(&self, days: Vec<NaiveDate>) -> StoreResult<Vec<DaySales>> {
+    async fn sales(&self, tenant: &str, days: Vec<NaiveDate>) -> StoreResult<Vec<DaySales>> {
+        let empty = HashMap::new();
         let sales = self.sales.lock().unwrap();
+        let sales = if tenant == TENANT { &*sales } else { &empty };
         Ok(days
             .into_iter()
             .rev()
@@ -121,7 +133,10 @@ impl ReadModels for MemoryStore {
             .collect())
     }
 
-    async fn order_events(&self, order_id: Uuid) -> StoreResult<Vec<String>> {
+    async fn order_events(&self, tenant: &str, order_id: Uuid) -> StoreResult<Vec<String>> {
+        if tenant != TENANT {
+            return Ok(Vec::new());
+        }
         Ok(self
             .events
             .lock()

@@ -103,22 +103,23 @@ pub trait ReadModels: Send + Sync + 'static {
     /// The generation of the `orders` projection reads go to now, if one is readable.
     fn orders_generation(&self) -> Option<i32>;
 
-    /// `None` when the order has no (complete) row.
-    async fn order_detail(&self, order_id: Uuid) -> StoreResult<Option<OrderRow>>;
+    /// `None` when the order has no (complete) row. Every read is of one tenant's rows.
+    async fn order_detail(&self, tenant: &str, order_id: Uuid) -> StoreResult<Option<OrderRow>>;
 
     /// Newest first, strictly after `after` when given, at most `limit` rows.
     async fn customer_orders(
         &self,
+        tenant: &str,
         customer_id: Uuid,
         after: Option<CustomerOrderKey>,
         limit: usize,
     ) -> StoreResult<Vec<CustomerOrderRow>>;
 
     /// Sales of each asked day (zero rows for days without sales), any order.
-    async fn sales(&self, days: Vec<NaiveDate>) -> StoreResult<Vec<DaySales>>;
+    async fn sales(&self, tenant: &str, days: Vec<NaiveDate>) -> StoreResult<Vec<DaySales>>;
 
     /// Stored envelopes (JSON text) of one order in sequence order; empty when unknown.
-    async fn order_events(&self, order_id: Uuid) -> StoreResult<Vec<String>>;
+    async fn order_events(&self, tenant: &str, order_id: Uuid) -> StoreResult<Vec<String>>;
 
     /// Every registered projection and the offsets of its active generation on `topic`.
     async fn projections(&self, topic: &str) -> StoreResult<Vec<ProjectionRecord>>;

@@ -186,12 +186,16 @@ fn stack_pids() -> Vec<(&'static str, u32)> {
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap_or_default()
+        .timeout(Duration::from_secs(15));
+    match infra::Settings::load() {
+        Ok(settings) => tests::authorized(&settings, builder),
+        Err(_) => builder,
+    }
+    .build()
+    .unwrap_or_default()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

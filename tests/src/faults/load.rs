@@ -340,10 +340,13 @@ pub struct Load {
 
 impl Load {
     pub fn start(options: LoadOptions) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .connect_timeout(Duration::from_secs(3))
-            .build()?;
+        let http = crate::authorized(
+            &infra::Settings::load()?,
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(3)),
+        )
+        .build()?;
         let journal = Arc::new(Journal::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let options = Arc::new(options);

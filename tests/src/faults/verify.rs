@@ -59,9 +59,11 @@ pub async fn check_orders(
     let mut lost: HashMap<Uuid, (u64, Vec<String>)> = HashMap::new();
 
     // 1. Views, through query-api, concurrently.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()?;
+    let http = crate::authorized(
+        &infra::Settings::load()?,
+        reqwest::Client::builder().timeout(Duration::from_secs(15)),
+    )
+    .build()?;
     let reads = orders
         .iter()
         .filter(|(id, log)| log.acked > 0 && to_read.contains(id))

@@ -1,7 +1,7 @@
 //! Every error row of docs/api.md: status, content type and problem+json shape.
 
 use serde_json::json;
-use tests::{client, settings_with_fresh_topic, CommandApi, Reply};
+use tests::{settings_with_fresh_topic, CommandApi, Reply};
 
 fn assert_problem(reply: &Reply, status: u16) {
     assert_eq!(reply.status, status, "body: {}", reply.body);
@@ -35,7 +35,7 @@ async fn every_error_row_answers_problem_json_with_its_status() {
     let settings = settings_with_fresh_topic("errors").await.unwrap();
     let api = CommandApi::spawn(settings).await.unwrap();
     let order = api.place_order().await.unwrap();
-    let http = client();
+    let http = api.http.clone();
 
     // 400: not JSON.
     let r = Reply::from(

@@ -8,12 +8,21 @@ use tests::settings_with_fresh_topic;
 use uuid::Uuid;
 
 fn envelope(aggregate_id: Uuid, sequence: u64, at: chrono::DateTime<Utc>) -> EventEnvelope {
+    envelope_of("default", aggregate_id, sequence, at)
+}
+
+fn envelope_of(
+    tenant: &str,
+    aggregate_id: Uuid,
+    sequence: u64,
+    at: chrono::DateTime<Utc>,
+) -> EventEnvelope {
     let event = OrderEvent::OrderCancelled {
         reason: format!("#{sequence}"),
     };
     EventEnvelope {
         event_id: Uuid::now_v7(),
-        tenant_id: "default".into(),
+        tenant_id: tenant.into(),
         aggregate_type: "order".into(),
         aggregate_id,
         sequence,
@@ -43,6 +52,12 @@ async fn the_stream_exports_whole_by_aggregate_and_from_a_time() {
         .await
         .unwrap();
     publisher.publish(1, &[envelope(b, 1, now)]).await.unwrap();
+    // Another tenant's order, which a tenant's export never holds.
+    let c = Uuid::now_v7();
+    publisher
+        .publish(2, &[envelope_of("other", c, 1, now)])
+        .await
+        .unwrap();
     // Kafka record timestamps are the produce time: wait, then produce the "later" event.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let later = Utc::now();
@@ -65,8 +80,25 @@ async fn the_stream_exports_whole_by_aggregate_and_from_a_time() {
         }
     };
 
-    let (report, all) = run(ExportRequest::default()).await;
-    assert_eq!(report.written, 4);
+    let (report, everything) = run(ExportRequest::default()).await;
+    assert_eq!(report.written, 5, "every tenant's events");
+    assert!(everything.iter().any(|e| e.aggregate_id == c));
+    let (report, all) = run(ExportRequest {
+        tenant: Some("default".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(report.written, 4, "one tenant's events only");
+    assert!(all.iter().all(|e| e.tenant_id == "default"));
+    let (_, others) = run(ExportRequest {
+        tenant: Some("other".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        others.iter().map(|e| e.aggregate_id).collect::<Vec<_>>(),
+        vec![c]
+    );
     let of_a: Vec<u64> = all
         .iter()
         .filter(|e| e.aggregate_id == a)

@@ -10,3 +10,4 @@ mod export;
 mod foundation;
 mod instances;
 mod partitions;
+mod security;
