@@ -173,6 +173,8 @@ fn record(pass: &Pass, now: DateTime<Utc>) {
         (now - at).num_milliseconds().max(0) as f64 / 1000.0
     });
     metrics::gauge!("command_oldest_unpublished_intent_seconds").set(age);
+    // A sweeper that hangs stops moving this: the `SweeperStalled` alert watches it.
+    metrics::gauge!("command_sweeper_last_pass_timestamp_seconds").set(now.timestamp() as f64);
 }
 
 /// Sweep every `interval` until `shutdown`.

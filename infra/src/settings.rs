@@ -146,6 +146,9 @@ pub struct QueryApi {
     pub cache_capacity: usize,
     pub cache_ttl_ms: u64,
     pub min_version_wait_ms: u64,
+    /// The Prometheus endpoints (`http://host:port/metrics`, comma-separated) of the command-api
+    /// and projector instances whose figures the status page (`GET /status`) shows.
+    pub status_sources: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -277,6 +280,7 @@ impl Default for QueryApi {
             cache_capacity: 100_000,
             cache_ttl_ms: 1_000,
             min_version_wait_ms: 5_000,
+            status_sources: "http://127.0.0.1:8080/metrics,http://127.0.0.1:8082/metrics".into(),
         }
     }
 }

@@ -101,6 +101,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(routes::openapi::router())
+        .merge(routes::status::router())
         .with_state(state)
         .merge(ops)
         .fallback(fallback)
@@ -139,14 +140,17 @@ pub async fn serve(
         ("kafka", kafka_check(settings.kafka.clone())),
     ]);
     let state = AppState::new(&settings, models, end_offsets, readiness, auth);
+    let status = routes::status::spawn_sampler(&settings, &state);
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "query-api listening");
-    let served = axum::serve(listener, app(state))
+    let router = app(state).layer(axum::Extension(status.history()));
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP");
     refresher.abort();
     auth_maintenance.abort();
+    drop(status);
     tracing::info!("query-api stopped");
     served
 }

@@ -6,6 +6,7 @@ pub mod order_events;
 pub mod orders;
 pub mod projections;
 pub mod stats;
+pub mod status;
 
 /// Documents the problem+json error responses in OpenAPI.
 pub(crate) const PROBLEM: &str = "application/problem+json";

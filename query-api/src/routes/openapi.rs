@@ -24,6 +24,8 @@ use crate::AppState;
         healthz,
         readyz,
         metrics,
+        status_page,
+        status_json,
         openapi_json,
     ),
     components(schemas(
@@ -109,6 +111,29 @@ pub async fn readyz() {}
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics() {}
+
+/// The status page for people (HTML, no external assets); keep it internal like `/metrics`.
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "ops",
+    responses((status = 200, description = "HTML page of lag, rates and dead letters", body = String, content_type = "text/html"))
+)]
+#[allow(dead_code)]
+pub async fn status_page() {}
+
+/// The figures of the status page: the last 15 minutes of samples.
+#[utoipa::path(
+    get,
+    path = "/status.json",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Samples and current figures", body = Object),
+        (status = 503, description = "This instance takes no samples", body = infra::http::Problem, content_type = PROBLEM),
+    )
+)]
+#[allow(dead_code)]
+pub async fn status_json() {}
 
 #[cfg(test)]
 mod tests {

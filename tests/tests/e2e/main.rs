@@ -11,3 +11,4 @@ mod foundation;
 mod instances;
 mod partitions;
 mod security;
+mod status;
