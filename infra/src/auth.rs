@@ -732,6 +732,71 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A JWKS served over HTTP is read at start, and a token naming a key rotated in later makes
+    /// the service read it again (at most once per `jwks_min_refresh_ms`).
+    #[tokio::test]
+    async fn a_rotated_key_is_picked_up_from_the_jwks_url() {
+        let first = std::env::temp_dir().join(format!("auth-{}", uuid::Uuid::now_v7()));
+        let second = std::env::temp_dir().join(format!("auth-{}", uuid::Uuid::now_v7()));
+        let jwks_a = dev::ensure_keys(&first).unwrap();
+        let jwks_b = dev::ensure_keys(&second).unwrap();
+        let served = Arc::new(std::sync::Mutex::new(
+            std::fs::read_to_string(&jwks_a).unwrap(),
+        ));
+        let body = served.clone();
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let body = body.lock().unwrap().clone();
+                async move { body }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut s = Settings::default();
+        s.auth.jwks = url;
+        s.auth.jwks_min_refresh_ms = 0;
+        let auth = Authenticator::from_settings(&s).await.unwrap();
+        let sign = |jwks: &std::path::Path| {
+            let key = dev::load_signing_key(&dev::signing_key_beside(jwks)).unwrap();
+            dev::sign(
+                &key,
+                &dev::claims(&s, "acme", "alice", &[OPS], Duration::from_secs(60)),
+            )
+            .unwrap()
+        };
+        assert!(auth.verify(&sign(&jwks_a)).await.is_ok());
+        // Key B is not published yet: refused, even after a re-read.
+        assert!(auth.verify(&sign(&jwks_b)).await.is_err());
+        // Rotated: the JWKS now holds key B only; its tokens verify, key A's no longer do.
+        *served.lock().unwrap() = std::fs::read_to_string(&jwks_b).unwrap();
+        assert!(auth.verify(&sign(&jwks_b)).await.is_ok());
+        auth.refresh().await;
+        assert!(auth.verify(&sign(&jwks_a)).await.is_err());
+        let _ = std::fs::remove_dir_all(first);
+        let _ = std::fs::remove_dir_all(second);
+    }
+
+    #[tokio::test]
+    async fn without_a_usable_jwks_a_service_refuses_to_start_unless_auth_is_off() {
+        let mut s = Settings::default();
+        assert!(
+            Authenticator::from_settings(&s).await.is_err(),
+            "no JWKS set"
+        );
+        s.auth.jwks = "/nonexistent/jwks.json".into();
+        assert!(
+            Authenticator::from_settings(&s).await.is_err(),
+            "unreadable"
+        );
+        s.auth.enabled = false;
+        let auth = Authenticator::from_settings(&s).await.unwrap();
+        let p = auth.principal(None).await.unwrap();
+        assert_eq!(p.tenant, s.tenant);
+        assert!(ALL_SCOPES.iter().all(|scope| p.has(scope)));
+    }
+
     #[test]
     fn tenants_are_short_and_plain() {
         assert!(valid_tenant("acme"));
