@@ -136,6 +136,9 @@ pub fn api_router(
         .layer(DefaultBodyLimit::max(body_limit_bytes))
         .layer(axum::middleware::from_fn(http::track_metrics))
         .layer(axum::middleware::from_fn(http::correlation_id))
+        // One server span per request, parented on the caller's `traceparent`; failures are
+        // already logged where they happen.
+        .layer(infra::telemetry::http_trace_layer().on_failure(()))
 }
 
 /// Run the service with the given settings until SIGTERM or Ctrl-C.

@@ -6,6 +6,8 @@ static ALLOCATOR: infra::Allocator = infra::Allocator;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = infra::Settings::load()?;
-    infra::telemetry::init(&settings.telemetry);
-    command_api::run(settings).await
+    let telemetry = infra::telemetry::init(&settings.telemetry, "command-api");
+    let result = command_api::run(settings).await;
+    telemetry.shutdown();
+    result
 }

@@ -120,8 +120,8 @@ impl Publisher {
         }
     }
 
-    /// Produce the batch to `partition` and wait for every acknowledgement.
-    #[tracing::instrument(skip_all, fields(partition, events = batch.len()))]
+    /// Produce the batch to `partition` and wait for every acknowledgement. The write path runs it
+    /// inside its `kafka.produce` span.
     pub async fn publish(
         &self,
         partition: i32,

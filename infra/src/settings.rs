@@ -66,6 +66,16 @@ pub struct Telemetry {
     pub format: String,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub filter: String,
+    /// Where traces go: an OTLP/HTTP (protobuf) collector's base URL, e.g.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is appended). Empty: no traces are exported and no
+    /// OpenTelemetry layer is installed.
+    pub otlp_endpoint: String,
+    /// The share of new traces sampled, 0.0–1.0 (parent-based: a span whose caller or event
+    /// carries a trace context follows that trace's decision).
+    pub sampling_ratio: f64,
+    /// The `service.name` of this process's spans; empty: the binary's own name (`command-api`,
+    /// `query-api`, `projector`, `stack-admin`).
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -209,6 +219,9 @@ impl Default for Telemetry {
         Self {
             format: "pretty".into(),
             filter: "info".into(),
+            otlp_endpoint: String::new(),
+            sampling_ratio: 1.0,
+            service_name: String::new(),
         }
     }
 }

@@ -44,6 +44,21 @@ impl Record {
             headers,
         }
     }
+
+    /// The W3C `traceparent` (and `tracestate`) the command API put in the record's headers.
+    pub fn trace_context(&self) -> Option<(&str, Option<&str>)> {
+        let header = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .and_then(|(_, value)| value.as_deref())
+                .and_then(|value| std::str::from_utf8(value).ok())
+        };
+        Some((
+            header(events::headers::TRACEPARENT)?,
+            header(events::headers::TRACESTATE),
+        ))
+    }
 }
 
 /// Decode a record's payload: the envelope JSON, then its typed event.
@@ -140,6 +155,33 @@ mod tests {
             at(1, 1),
             OrderEvent::OrderCancelled { reason: "r".into() },
         )
+    }
+
+    #[test]
+    fn a_record_carries_the_trace_context_of_its_headers() {
+        let mut record = Record {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: None,
+            headers: vec![(
+                "traceparent".into(),
+                Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+            )],
+        };
+        assert_eq!(
+            record.trace_context(),
+            Some((
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                None
+            ))
+        );
+        record
+            .headers
+            .push(("tracestate".into(), Some(b"k=v".to_vec())));
+        assert_eq!(record.trace_context().and_then(|c| c.1), Some("k=v"));
+        record.headers.clear();
+        assert_eq!(record.trace_context(), None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use scylla::client::session::Session;
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use crate::batch::{decode, group, next_offsets, Group, Record};
 use crate::projections::{AggregateEvents, ApplyError, Projection, ProjectionWriter};
@@ -47,6 +48,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often a backoff looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
+/// The most trace contexts an apply span links to (OpenTelemetry's default span limit).
+const MAX_LINKS: usize = 128;
 
 /// How long a poll may block while a batch lingers: what is left of `linger`, rounded up to
 /// whole milliseconds. librdkafka takes its timeout in milliseconds and truncates, so the last
@@ -204,7 +207,12 @@ impl Worker {
             if rebalanced.swap(false, Ordering::SeqCst) {
                 self.writer.forget_cached();
             }
-            if self.runtime.block_on(self.process(records)).is_err() {
+            let span = self.apply_span(&records);
+            if self
+                .runtime
+                .block_on(self.process(records).instrument(span))
+                .is_err()
+            {
                 tracing::info!(
                     projection = self.projection,
                     generation = self.generation,
@@ -261,6 +269,43 @@ impl Worker {
             }
         }
         records
+    }
+
+    /// The span of one batch: when traces are exported, a child of the trace context its events
+    /// carry if they all carry one (a single command's events), else linked to each of them.
+    fn apply_span(&self, records: &[Record]) -> tracing::Span {
+        let span = tracing::info_span!(
+            "projector.apply",
+            otel.kind = "consumer",
+            otel.name = %format_args!("apply {}", self.projection),
+            projection = self.projection,
+            generation = self.generation,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.batch.message_count = records.len(),
+        );
+        if !infra::telemetry::exporting() {
+            return span;
+        }
+        let mut contexts: Vec<(&str, Option<&str>)> = Vec::new();
+        for record in records {
+            if let Some(context) = record.trace_context() {
+                if !contexts.contains(&context) {
+                    contexts.push(context);
+                }
+            }
+        }
+        match contexts.as_slice() {
+            [(traceparent, tracestate)] => {
+                infra::telemetry::set_remote_parent(&span, traceparent, *tracestate);
+            }
+            many => {
+                for (traceparent, tracestate) in many.iter().take(MAX_LINKS) {
+                    infra::telemetry::add_remote_link(&span, traceparent, *tracestate);
+                }
+            }
+        }
+        span
     }
 
     async fn process(&self, records: Vec<Record>) -> Result<(), Abandoned> {

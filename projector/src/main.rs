@@ -19,6 +19,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    infra::telemetry::init(&settings.telemetry);
-    projector::cli::execute(cli, settings).await
+    let telemetry = infra::telemetry::init(&settings.telemetry, "projector");
+    let code = projector::cli::execute(cli, settings).await;
+    telemetry.shutdown();
+    code
 }

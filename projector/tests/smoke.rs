@@ -352,10 +352,15 @@ async fn events_flow_into_the_read_models_and_a_rebuild_switches_generations() {
 /// Logging at `filter`, and a test's own stack: its id, settings naming a migrated keyspace and
 /// topics of its own after it, an admin session and one in the keyspace.
 async fn smoke_stack(filter: &str) -> (String, infra::Settings, Arc<Session>, Arc<Session>) {
-    infra::telemetry::init(&infra::settings::Telemetry {
-        format: "pretty".into(),
-        filter: filter.into(),
-    });
+    // Traces are off here: the guard holds nothing.
+    let _ = infra::telemetry::init(
+        &infra::settings::Telemetry {
+            format: "pretty".into(),
+            filter: filter.into(),
+            ..Default::default()
+        },
+        "projector-smoke",
+    );
     let id = Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut settings = infra::Settings::default();
     settings.cql.keyspace = format!("projector_smoke_{id}");

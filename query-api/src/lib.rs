@@ -6,7 +6,7 @@
 //! JSON, or an [`error::ApiError`] leaving as problem+json. Order views go through [`views`]:
 //! an in-process [`cache`] keyed by generation, `ETag`s ([`etag`]) and the bounded `min_version`
 //! wait that lets a client read its own write. Around every route: correlation ids, request
-//! metrics by matched route, tracing, and the shared `/healthz`, `/readyz`, `/metrics`.
+//! metrics by matched route, a server span (exported as a trace when traces are on), and the shared `/healthz`, `/readyz`, `/metrics`.
 //!
 //! [`run`] binds the configured address; [`serve`] takes a bound listener (port 0 in tests);
 //! [`app`] builds the router alone so tests drive it with `oneshot`.
@@ -35,7 +35,6 @@ use infra::http::{
 use infra::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 use crate::cache::OrderCache;
 use crate::store::cql::{spawn_refresher, CqlReadModels};
@@ -107,7 +106,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(fallback)
         .layer(from_fn(track_metrics))
         .layer(from_fn(correlation_id))
-        .layer(TraceLayer::new_for_http())
+        // A server span per request (`METHOD /route`, the status), parented on the caller's
+        // `traceparent` and exported when traces are on.
+        .layer(infra::telemetry::http_trace_layer())
 }
 
 /// Bind `settings.query_api.addr` and serve until `shutdown` resolves.

@@ -6,6 +6,8 @@ static ALLOCATOR: infra::Allocator = infra::Allocator;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = infra::Settings::load()?;
-    infra::telemetry::init(&settings.telemetry);
-    query_api::run(settings, infra::http::shutdown_signal()).await
+    let telemetry = infra::telemetry::init(&settings.telemetry, "query-api");
+    let result = query_api::run(settings, infra::http::shutdown_signal()).await;
+    telemetry.shutdown();
+    result
 }

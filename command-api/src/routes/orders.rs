@@ -214,16 +214,7 @@ fn context(
         })?),
     };
     let command_id = Uuid::now_v7();
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_traceparent(v))
-        .map(String::from)
-        .unwrap_or_else(new_traceparent);
-    let tracestate = headers
-        .get("tracestate")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
+    let (traceparent, tracestate) = trace_context(headers);
     Ok(CommandContext {
         tenant: principal.tenant.clone(),
         order_id,
@@ -268,6 +259,26 @@ fn parse_if_match(raw: &str) -> Option<i64> {
 }
 
 pub const IF_MATCH_PATTERN: &str = r#"^(W/)?"[0-9]{1,18}"$|^[0-9]{1,18}$"#;
+
+/// The trace context the command's events carry: its own server span's when traces are exported
+/// (the projector's spans then join the command's trace under it), else the caller's
+/// `traceparent` and `tracestate`, or a new random `traceparent`.
+fn trace_context(headers: &HeaderMap) -> (String, Option<String>) {
+    if let Some(context) = infra::telemetry::trace_context(&tracing::Span::current()) {
+        return context;
+    }
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_traceparent(v))
+        .map(String::from)
+        .unwrap_or_else(new_traceparent);
+    let tracestate = headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    (traceparent, tracestate)
+}
 
 fn valid_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
@@ -613,5 +624,20 @@ mod tests {
     fn generated_trace_contexts_are_valid() {
         assert!(valid_traceparent(&new_traceparent()));
         assert!(!valid_traceparent("00-xyz-abc-01"));
+    }
+
+    #[test]
+    fn without_traces_the_events_carry_the_callers_trace_context_or_a_new_one() {
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static(caller));
+        headers.insert("tracestate", HeaderValue::from_static("k=v"));
+        assert_eq!(
+            trace_context(&headers),
+            (caller.to_string(), Some("k=v".to_string()))
+        );
+        headers.insert("traceparent", HeaderValue::from_static("garbage"));
+        let (made, _) = trace_context(&headers);
+        assert!(valid_traceparent(&made) && made != caller);
     }
 }

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use events::{EventEnvelope, EventMetadata};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::order::{OrderCommand, OrderError};
@@ -334,6 +335,7 @@ impl WritePath {
                     at: now,
                 },
             )
+            .instrument(lwt_span(expected, version))
             .await?;
         if !applied {
             return Ok(Attempt::LostRace);
@@ -374,7 +376,10 @@ impl WritePath {
         id: Uuid,
         mut head: Head,
     ) -> Result<Head, CommandError> {
-        self.log.publish(head.partition, &head.pending).await?;
+        self.log
+            .publish(head.partition, &head.pending)
+            .instrument(produce_span(head.partition, &head.pending))
+            .await?;
         self.after_publish(tenant, id, &head.pending, head.version);
         head.pending_published = true;
         self.cache.put(tenant, id, head.clone());
@@ -412,11 +417,42 @@ impl WritePath {
         if head.version != version || !head.has_unpublished() {
             return Ok(false);
         }
-        self.log.publish(head.partition, &head.pending).await?;
+        self.log
+            .publish(head.partition, &head.pending)
+            .instrument(produce_span(head.partition, &head.pending))
+            .await?;
         self.after_publish(tenant, id, &head.pending, version);
         self.cache.forget(tenant, id);
         Ok(true)
     }
+}
+
+/// The span of step 4's LWT (a client span when traces are exported).
+fn lwt_span(expected: i64, version: i64) -> tracing::Span {
+    tracing::info_span!(
+        "cql.lwt",
+        otel.kind = "client",
+        db.system.name = "cassandra",
+        db.operation.name = if expected == 0 {
+            "INSERT IF NOT EXISTS"
+        } else {
+            "UPDATE IF"
+        },
+        expected_version = expected,
+        version,
+    )
+}
+
+/// The span of a batch's produce (a producer span when traces are exported).
+fn produce_span(partition: i32, batch: &[EventEnvelope]) -> tracing::Span {
+    tracing::info_span!(
+        "kafka.produce",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.partition.id = partition,
+        messaging.batch.message_count = batch.len(),
+    )
 }
 
 #[cfg(test)]

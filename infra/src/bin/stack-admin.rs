@@ -87,10 +87,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    infra::telemetry::init(&infra::settings::Telemetry {
-        filter: "warn,stack_admin=info,infra=info".into(),
-        ..settings.telemetry.clone()
-    });
+    let telemetry = infra::telemetry::init(
+        &infra::settings::Telemetry {
+            filter: "warn,stack_admin=info,infra=info".into(),
+            ..settings.telemetry.clone()
+        },
+        "stack-admin",
+    );
     let result = match cli.command {
         Command::WaitKafka { timeout_secs } => {
             wait("Kafka", timeout_secs, || async {
@@ -186,6 +189,7 @@ async fn main() -> ExitCode {
             .unwrap_or_else(|e| Err(e.into()))
         }
     };
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

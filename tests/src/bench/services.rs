@@ -23,14 +23,16 @@ pub fn serve(role: &str) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let settings = Settings::load()?;
-        infra::telemetry::init(&settings.telemetry);
-        match role {
+        let telemetry = infra::telemetry::init(&settings.telemetry, role);
+        let result = match role {
             "command-api" => command_api::run(settings).await,
             "query-api" => query_api::run(settings, infra::http::shutdown_signal()).await,
             "projector" => projector::run(settings, infra::http::shutdown_signal()).await,
             "axum" => bare_axum(&settings.query_api.addr).await,
-            other => bail!("unknown role {other}"),
-        }
+            other => Err(anyhow::anyhow!("unknown role {other}")),
+        };
+        telemetry.shutdown();
+        result
     })
 }
 

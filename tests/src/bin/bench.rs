@@ -1,5 +1,6 @@
 //! `infra/dev bench [--quick]`: the system measured side by side with raw baselines, on this
-//! machine, in one run (see BENCHMARKS.md for the method).
+//! machine, in one run (see BENCHMARKS.md for the method). `infra/dev bench --tracing-cost`
+//! measures only what exporting traces costs the write path.
 //!
 //! Everything runs in an isolated keyspace (`bench_<time>`) and fresh topics, so the dev stack's
 //! own data and running services are untouched; both are dropped at the end (`--keep` keeps them).
@@ -15,6 +16,8 @@ mod measure;
 mod report;
 #[path = "../bench/services.rs"]
 mod services;
+#[path = "../bench/tracing_cost.rs"]
+mod tracing_cost;
 #[path = "../bench/workload.rs"]
 mod workload;
 
@@ -67,6 +70,10 @@ struct Cli {
     /// Stop after the write path (commands vs raw LWT and produce).
     #[arg(long)]
     write_path_only: bool,
+    /// Only the cost of traces: commands/s at c=8 of command-api with traces off and on (10 %
+    /// sampled, exported to an OTLP sink in the bench), restarted for each run, alternated twice.
+    #[arg(long)]
+    tracing_cost: bool,
     /// Internal: run one service role (command-api, query-api, projector, axum) in this process.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -149,7 +156,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = if cli.tracing_cost {
+        runtime.block_on(tracing_cost::run(http_client(), cli.quick, cli.keep))
+    } else {
+        runtime.block_on(run(cli))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench failed: {e:#}");

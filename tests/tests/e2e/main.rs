@@ -12,3 +12,4 @@ mod instances;
 mod partitions;
 mod security;
 mod status;
+mod traces;
