@@ -321,6 +321,7 @@ async fn projections_report_lag_per_partition() {
         generation: 1,
         state: "live".into(),
         offsets: BTreeMap::from([(0, 4)]),
+        ..ProjectionRecord::default()
     });
     let body = json(get(&store, "/v1/projections").await).await;
     assert_eq!(
@@ -330,9 +331,80 @@ async fn projections_report_lag_per_partition() {
             "partitions": [
                 {"partition": 0, "offset": 4, "end_offset": 4, "lag": 0},
                 {"partition": 1, "offset": 0, "end_offset": 2, "lag": 2},
-            ]
+            ],
+            "paused": false, "control": null, "building": null
         }]})
     );
+}
+
+#[tokio::test]
+async fn projections_report_a_rebuild_s_progress_from_its_start_to_the_end_of_the_topic() {
+    let store = Arc::new(MemoryStore::new());
+    *store.ends.lock().unwrap() = BTreeMap::from([(0, 100), (1, 50)]);
+    *store.starts.lock().unwrap() = BTreeMap::from([(0, 0), (1, 10)]);
+    store.records.lock().unwrap().push(ProjectionRecord {
+        name: "orders".into(),
+        generation: 1,
+        state: "rebuilding".into(),
+        offsets: BTreeMap::from([(0, 100), (1, 50)]),
+        building: Some(crate::store::BuildRecord {
+            generation: 2,
+            kind: read_models::BuildKind::Rebuilding,
+            from: None,
+            offsets: BTreeMap::from([(0, 60), (1, 30)]),
+        }),
+        ..ProjectionRecord::default()
+    });
+    let app = app(state(store.clone()));
+    let first = json(
+        app.clone()
+            .oneshot(Request::get("/v1/projections").body(Body::empty()).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let building = &first["projections"][0]["building"];
+    assert_eq!(building["generation"], 2);
+    assert_eq!(building["kind"], "rebuilding");
+    assert_eq!(
+        (
+            &building["applied"],
+            &building["to_apply"],
+            &building["remaining"]
+        ),
+        (
+            &serde_json::json!(80),
+            &serde_json::json!(140),
+            &serde_json::json!(60)
+        )
+    );
+    assert!((building["progress"].as_f64().unwrap() - 80.0 / 140.0).abs() < 1e-9);
+    assert_eq!(building["rate"], Value::Null, "one reading makes no rate");
+    assert_eq!(building["eta_seconds"], Value::Null);
+    assert_eq!(
+        building["partitions"][1],
+        serde_json::json!({"partition": 1, "start_offset": 10, "offset": 30, "target": 50, "remaining": 20})
+    );
+
+    // A second reading a second later, 30 events further: a rate and the time left.
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+    store.records.lock().unwrap()[0]
+        .building
+        .as_mut()
+        .unwrap()
+        .offsets = BTreeMap::from([(0, 90), (1, 30)]);
+    let second = json(
+        app.oneshot(Request::get("/v1/projections").body(Body::empty()).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let building = &second["projections"][0]["building"];
+    let rate = building["rate"].as_f64().unwrap();
+    assert!(rate > 20.0 && rate <= 30.0, "{rate}");
+    let eta = building["eta_seconds"].as_f64().unwrap();
+    // 30 remaining, having gone down by 30 since the reading a little over a second ago.
+    assert!((1.0..2.0).contains(&eta), "{eta}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! query-api served on port 0 against the real local stack (Kafka at 127.0.0.1:9092, CQL at
-//! 127.0.0.1:9042, e.g. `infra/dev up`), in a throwaway keyspace with the read-model tables of
-//! `projector/READ_MODELS.md` filled by hand. `infra/dev test` runs it with the rest of the suite.
+//! 127.0.0.1:9042, e.g. `infra/dev up`), in a throwaway keyspace with the read-model tables (their
+//! DDL from the `read-models` crate) filled by hand. `infra/dev test` runs it with the rest of the
+//! suite.
 
 // A test binary: helpers may panic like the tests they serve.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,23 +14,6 @@ use scylla::client::session::Session;
 use serde_json::Value;
 use uuid::Uuid;
 
-const ORDERS_DDL: &str = "
-CREATE TABLE IF NOT EXISTS order_detail_g{g} (
-  tenant_id text, order_id uuid, customer_id uuid, currency text, status text, items text,
-  total_cents bigint, version bigint, placed_at timestamp, updated_at timestamp,
-  paid_at timestamp, paid_cents bigint, PRIMARY KEY ((tenant_id, order_id)));
-CREATE TABLE IF NOT EXISTS orders_by_customer_g{g} (
-  tenant_id text, customer_id uuid, placed_at timestamp, order_id uuid,
-  status text, total_cents bigint, version bigint,
-  PRIMARY KEY ((tenant_id, customer_id), placed_at, order_id))
-  WITH CLUSTERING ORDER BY (placed_at DESC, order_id DESC);
-CREATE TABLE IF NOT EXISTS sales_by_day_g{g} (
-  tenant_id text, day date, order_id uuid, revenue_cents bigint, version bigint,
-  PRIMARY KEY ((tenant_id, day), order_id));
-CREATE TABLE IF NOT EXISTS order_events_g{g} (
-  tenant_id text, aggregate_id uuid, sequence bigint, envelope text,
-  PRIMARY KEY ((tenant_id, aggregate_id), sequence));";
-
 async fn exec(session: &Session, cql: &str) {
     session
         .query_unpaged(cql, ())
@@ -38,10 +22,9 @@ async fn exec(session: &Session, cql: &str) {
 }
 
 async fn create_generation(session: &Session, g: i32) {
-    for statement in ORDERS_DDL.replace("{g}", &g.to_string()).split(';') {
-        if !statement.trim().is_empty() {
-            exec(session, statement).await;
-        }
+    // The tables the projector creates, from the one description of them.
+    for table in read_models::tables() {
+        exec(session, &table.ddl(g)).await;
     }
     session.await_schema_agreement().await.unwrap();
 }

@@ -540,14 +540,9 @@ pub fn dev(args: &[&str]) -> anyhow::Result<()> {
 // processes, and deterministic waits on the projector's stored offsets.
 // ---------------------------------------------------------------------------------------------
 
-/// The projections the projector runs, with the tables each owns (`<base>_g<generation>`).
-pub const PROJECTIONS: [(&str, &[&str]); 2] = [
-    (
-        "orders",
-        &["order_detail", "orders_by_customer", "sales_by_day"],
-    ),
-    ("order_history", &["order_events"]),
-];
+/// The projections the projector runs, with the tables each owns (`<base>_g<generation>`): the
+/// `read-models` crate's list, which the projector's own is checked against.
+pub const PROJECTIONS: &[&read_models::ProjectionSchema] = read_models::ALL;
 
 /// A CQL keyspace of the test's own (`test_rs_<uuid>`), migrated, so projections, offsets and
 /// generations of one test never meet another's. Drop it with [`Keyspace::drop_keyspace`].
@@ -555,9 +550,20 @@ pub struct Keyspace {
     pub name: String,
     /// A session whose current keyspace is this one.
     pub session: std::sync::Arc<scylla::client::session::Session>,
+    /// The registry reads (`projections`, `projection_offsets`, `projection_control`).
+    pub registry: read_models::RegistryReader,
 }
 
 impl Keyspace {
+    /// An existing keyspace `name`, read through `session`.
+    pub fn open(name: &str, session: std::sync::Arc<scylla::client::session::Session>) -> Self {
+        Self {
+            registry: read_models::RegistryReader::new(session.clone(), name),
+            name: name.to_string(),
+            session,
+        }
+    }
+
     /// Point `settings` at a fresh keyspace and run the migrations on it.
     pub async fn fresh(settings: &mut Settings) -> anyhow::Result<Self> {
         settings.cql.keyspace = format!("test_rs_{}", Uuid::new_v4().simple());
@@ -568,10 +574,7 @@ impl Keyspace {
         let admin = infra::cql::connect(&cql).await?;
         infra::migrations::run(&admin, &cql).await?;
         let session = infra::cql::connect_keyspace(&cql).await?;
-        Ok(Self {
-            name: settings.cql.keyspace.clone(),
-            session,
-        })
+        Ok(Self::open(&settings.cql.keyspace, session))
     }
 
     pub async fn drop_keyspace(self) -> anyhow::Result<()> {
@@ -583,16 +586,11 @@ impl Keyspace {
 
     /// The `projections` row of `name`: (active generation, building generation).
     pub async fn generations(&self, name: &str) -> anyhow::Result<Option<(i32, Option<i32>)>> {
-        let row = self
-            .session
-            .query_unpaged(
-                "SELECT active_generation, building_generation FROM projections WHERE name = ?",
-                (name,),
-            )
+        Ok(self
+            .registry
+            .projection(name)
             .await?
-            .into_rows_result()?
-            .maybe_first_row::<(Option<i32>, Option<i32>)>()?;
-        Ok(row.map(|(active, building)| (active.unwrap_or(1), building)))
+            .map(|state| (state.active_generation, state.building_generation)))
     }
 
     /// The stored next offsets of one generation of a projection on `topic`.
@@ -602,23 +600,7 @@ impl Keyspace {
         generation: i32,
         topic: &str,
     ) -> anyhow::Result<std::collections::BTreeMap<i32, i64>> {
-        let rows = self
-            .session
-            .query_unpaged(
-                "SELECT partition, next_offset FROM projection_offsets \
-                 WHERE projection = ? AND generation = ? AND topic = ?",
-                (projection, generation, topic),
-            )
-            .await?
-            .into_rows_result()?;
-        let mut offsets = std::collections::BTreeMap::new();
-        for row in rows.rows::<(i32, Option<i64>)>()? {
-            let (partition, next) = row?;
-            if let Some(next) = next {
-                offsets.insert(partition, next);
-            }
-        }
-        Ok(offsets)
+        Ok(self.registry.offsets(projection, generation, topic).await?)
     }
 
     /// Every row of a table, each rendered as text (all columns, in table order), sorted: two
@@ -647,7 +629,7 @@ impl Keyspace {
         let start = Instant::now();
         loop {
             let mut behind = Vec::new();
-            for (projection, _) in PROJECTIONS {
+            for projection in PROJECTIONS.iter().map(|p| p.name) {
                 let Some((generation, _)) = self.generations(projection).await? else {
                     behind.push(format!("{projection}: not registered"));
                     continue;

@@ -7,8 +7,12 @@
 //! onto its rows with idempotent writes (`USING TIMESTAMP <version>`). The pure fold lives beside
 //! the CQL in each module and is unit-tested there.
 //!
-//! Adding a read model: a new `<name>.rs` implementing [`Projection`], one line in [`all`], and its
-//! tables in `READ_MODELS.md`.
+//! The tables themselves (names, columns, keys, DDL) are described in the `read-models` crate, which
+//! query-api and the tests read too; the statements here are built from its column constants.
+//!
+//! Adding a read model: its tables in `read-models` (a module and a line in `read_models::ALL`), a
+//! new `<name>.rs` here implementing [`Projection`], one line in [`all`], and its tables in
+//! `READ_MODELS.md`.
 
 mod batched;
 pub mod order_history;
@@ -72,16 +76,9 @@ pub trait ProjectionWriter: Send + Sync {
     fn forget_cached(&self) {}
 }
 
-/// The name of generation `generation` of table `base`.
-pub fn table(base: &str, generation: i32) -> String {
-    format!("{base}_g{generation}")
-}
-
-/// The same, qualified by its keyspace: prepared statements name their keyspace (Cassandra warns
-/// on every prepare of an unqualified name once the session has a `USE`d keyspace).
-pub fn qualified(keyspace: &str, base: &str, generation: i32) -> String {
-    format!("{keyspace}.{}", table(base, generation))
-}
+/// Generation naming (`<base>_g<generation>`, qualified by the keyspace) is the `read-models`
+/// crate's, like every table's columns and DDL.
+pub use read_models::{qualified, table};
 
 /// One record decoded into a typed event.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +214,18 @@ mod tests {
         assert_eq!(names, vec!["orders", "order_history"]);
         assert!(by_name("orders").is_some());
         assert!(by_name("nope").is_none());
+    }
+
+    #[test]
+    fn every_projection_is_the_one_read_models_describes() {
+        let names: Vec<_> = all().iter().map(|p| p.name()).collect();
+        let described: Vec<_> = read_models::ALL.iter().map(|p| p.name).collect();
+        assert_eq!(names, described);
+        for projection in all() {
+            let schema = read_models::by_name(projection.name()).unwrap();
+            assert_eq!(projection.tables(), schema.bases);
+            assert_eq!(projection.ddl(3), schema.ddl(3));
+        }
     }
 
     #[test]

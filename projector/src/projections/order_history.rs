@@ -11,11 +11,31 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
-use super::batched::{self, Write};
-use super::{qualified, AggregateEvents, ApplyError, Projection, ProjectionWriter};
+use read_models::order_history::order_events;
+use read_models::schema::{binds, list};
 
-pub const NAME: &str = "order_history";
-const TABLES: &[&str] = &["order_events"];
+use super::batched::{self, Write};
+use super::{AggregateEvents, ApplyError, Projection, ProjectionWriter};
+
+pub const NAME: &str = read_models::order_history::NAME;
+
+/// `order_events` columns written, in binding order.
+const COLUMNS: [&str; 4] = [
+    order_events::TENANT_ID,
+    order_events::AGGREGATE_ID,
+    order_events::SEQUENCE,
+    order_events::ENVELOPE,
+];
+
+/// The text of the writer's insert for one generation, from the `read-models` columns.
+pub fn insert_statement(keyspace: &str, g: i32) -> String {
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) USING TIMESTAMP ?",
+        order_events::TABLE.qualified(keyspace, g),
+        list(&COLUMNS),
+        binds(&COLUMNS)
+    )
+}
 
 /// One `order_events` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,16 +72,11 @@ impl Projection for OrderHistory {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        TABLES
+        read_models::order_history::PROJECTION.bases
     }
 
     fn ddl(&self, g: i32) -> Vec<String> {
-        vec![format!(
-            "CREATE TABLE IF NOT EXISTS order_events_g{g} (\
-             tenant_id text, aggregate_id uuid, sequence bigint, \
-             envelope text, \
-             PRIMARY KEY ((tenant_id, aggregate_id), sequence))"
-        )]
+        read_models::order_history::PROJECTION.ddl(g)
     }
 
     async fn writer(
@@ -70,13 +85,7 @@ impl Projection for OrderHistory {
         keyspace: &str,
         g: i32,
     ) -> anyhow::Result<Arc<dyn ProjectionWriter>> {
-        let mut insert = session
-            .prepare(format!(
-                "INSERT INTO {} (tenant_id, aggregate_id, sequence, envelope) \
-                 VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
-                qualified(keyspace, "order_events", g)
-            ))
-            .await?;
+        let mut insert = session.prepare(insert_statement(keyspace, g)).await?;
         insert.set_is_idempotent(true);
         Ok(Arc::new(HistoryWriter { session, insert }))
     }
@@ -119,6 +128,16 @@ mod tests {
     use super::*;
     use crate::projections::fixtures::{aggregate, at, event};
     use events::OrderEvent;
+
+    #[test]
+    fn the_writer_s_insert_names_only_columns_of_order_events() {
+        let insert = insert_statement("ks", 2);
+        assert_eq!(
+            read_models::check_statement(&insert, read_models::order_history::PROJECTION.tables),
+            Ok(())
+        );
+        assert_eq!(COLUMNS.to_vec(), order_events::TABLE.column_names());
+    }
 
     #[test]
     fn every_event_becomes_one_row_keyed_by_its_sequence_holding_the_raw_envelope() {

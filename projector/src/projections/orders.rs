@@ -22,14 +22,17 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
 use uuid::Uuid;
 
+use read_models::orders::{
+    order_detail as detail, orders_by_customer as by_customer, sales_by_day,
+};
+use read_models::schema::{binds, equal, list};
+
 use super::batched::{self, Values, Write};
 use super::{
-    qualified, rejected, AggregateEvents, ApplyError, Projection, ProjectionWriter,
-    AGGREGATE_CONCURRENCY,
+    rejected, AggregateEvents, ApplyError, Projection, ProjectionWriter, AGGREGATE_CONCURRENCY,
 };
 
-pub const NAME: &str = "orders";
-const TABLES: &[&str] = &["order_detail", "orders_by_customer", "sales_by_day"];
+pub const NAME: &str = read_models::orders::NAME;
 
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -250,33 +253,11 @@ impl Projection for Orders {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        TABLES
+        read_models::orders::PROJECTION.bases
     }
 
     fn ddl(&self, g: i32) -> Vec<String> {
-        vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS order_detail_g{g} (\
-                 tenant_id text, order_id uuid, \
-                 customer_id uuid, currency text, status text, \
-                 items text, total_cents bigint, version bigint, \
-                 placed_at timestamp, updated_at timestamp, \
-                 paid_at timestamp, paid_cents bigint, \
-                 PRIMARY KEY ((tenant_id, order_id)))"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS orders_by_customer_g{g} (\
-                 tenant_id text, customer_id uuid, placed_at timestamp, order_id uuid, \
-                 status text, total_cents bigint, version bigint, \
-                 PRIMARY KEY ((tenant_id, customer_id), placed_at, order_id)) \
-                 WITH CLUSTERING ORDER BY (placed_at DESC, order_id DESC)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS sales_by_day_g{g} (\
-                 tenant_id text, day date, order_id uuid, revenue_cents bigint, version bigint, \
-                 PRIMARY KEY ((tenant_id, day), order_id))"
-            ),
-        ]
+        read_models::orders::PROJECTION.ddl(g)
     }
 
     async fn writer(
@@ -285,9 +266,7 @@ impl Projection for Orders {
         keyspace: &str,
         g: i32,
     ) -> anyhow::Result<Arc<dyn ProjectionWriter>> {
-        let detail = qualified(keyspace, "order_detail", g);
-        let by_customer = qualified(keyspace, "orders_by_customer", g);
-        let sales = qualified(keyspace, "sales_by_day", g);
+        let cql = Statements::of(keyspace, g);
         let prepare = |cql: String| {
             let session = session.clone();
             async move {
@@ -297,36 +276,115 @@ impl Projection for Orders {
             }
         };
         Ok(Arc::new(OrdersWriter {
-            select: prepare(format!(
-                "SELECT customer_id, currency, status, items, total_cents, version, \
-                 placed_at, updated_at, paid_at, paid_cents \
-                 FROM {detail} WHERE tenant_id = ? AND order_id = ?"
-            ))
-            .await?,
-            upsert_detail: prepare(format!(
-                "INSERT INTO {detail} (tenant_id, order_id, customer_id, currency, status, items, \
-                 total_cents, version, placed_at, updated_at, paid_at, paid_cents) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            upsert_by_customer: prepare(format!(
-                "INSERT INTO {by_customer} (tenant_id, customer_id, placed_at, order_id, status, \
-                 total_cents, version) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            insert_sale: prepare(format!(
-                "INSERT INTO {sales} (tenant_id, day, order_id, revenue_cents, version) \
-                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            delete_sale: prepare(format!(
-                "DELETE FROM {sales} USING TIMESTAMP ? \
-                 WHERE tenant_id = ? AND day = ? AND order_id = ?"
-            ))
-            .await?,
+            select: prepare(cql.select).await?,
+            upsert_detail: prepare(cql.upsert_detail).await?,
+            upsert_by_customer: prepare(cql.upsert_by_customer).await?,
+            insert_sale: prepare(cql.insert_sale).await?,
+            delete_sale: prepare(cql.delete_sale).await?,
             session,
             rows: RowCache::default(),
         }))
+    }
+}
+
+/// `order_detail` columns a stored row is read back with ([`StoredRow`], in this order).
+const STORED_COLUMNS: [&str; 10] = [
+    detail::CUSTOMER_ID,
+    detail::CURRENCY,
+    detail::STATUS,
+    detail::ITEMS,
+    detail::TOTAL_CENTS,
+    detail::VERSION,
+    detail::PLACED_AT,
+    detail::UPDATED_AT,
+    detail::PAID_AT,
+    detail::PAID_CENTS,
+];
+/// `order_detail` columns written ([`OrdersWriter::detail_write`] binds them in this order).
+const DETAIL_COLUMNS: [&str; 12] = [
+    detail::TENANT_ID,
+    detail::ORDER_ID,
+    detail::CUSTOMER_ID,
+    detail::CURRENCY,
+    detail::STATUS,
+    detail::ITEMS,
+    detail::TOTAL_CENTS,
+    detail::VERSION,
+    detail::PLACED_AT,
+    detail::UPDATED_AT,
+    detail::PAID_AT,
+    detail::PAID_CENTS,
+];
+/// `orders_by_customer` columns written, in binding order.
+const BY_CUSTOMER_COLUMNS: [&str; 7] = [
+    by_customer::TENANT_ID,
+    by_customer::CUSTOMER_ID,
+    by_customer::PLACED_AT,
+    by_customer::ORDER_ID,
+    by_customer::STATUS,
+    by_customer::TOTAL_CENTS,
+    by_customer::VERSION,
+];
+/// `sales_by_day` columns written, in binding order.
+const SALE_COLUMNS: [&str; 5] = [
+    sales_by_day::TENANT_ID,
+    sales_by_day::DAY,
+    sales_by_day::ORDER_ID,
+    sales_by_day::REVENUE_CENTS,
+    sales_by_day::VERSION,
+];
+
+/// The text of the writer's statements for one generation, from the `read-models` columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statements {
+    pub select: String,
+    pub upsert_detail: String,
+    pub upsert_by_customer: String,
+    pub insert_sale: String,
+    pub delete_sale: String,
+}
+
+impl Statements {
+    pub fn of(keyspace: &str, g: i32) -> Self {
+        let detail_table = detail::TABLE.qualified(keyspace, g);
+        let by_customer_table = by_customer::TABLE.qualified(keyspace, g);
+        let sales = sales_by_day::TABLE.qualified(keyspace, g);
+        Self {
+            select: format!(
+                "SELECT {} FROM {detail_table} WHERE {}",
+                list(&STORED_COLUMNS),
+                equal(detail::KEY)
+            ),
+            upsert_detail: format!(
+                "INSERT INTO {detail_table} ({}) VALUES ({}) USING TIMESTAMP ?",
+                list(&DETAIL_COLUMNS),
+                binds(&DETAIL_COLUMNS)
+            ),
+            upsert_by_customer: format!(
+                "INSERT INTO {by_customer_table} ({}) VALUES ({}) USING TIMESTAMP ?",
+                list(&BY_CUSTOMER_COLUMNS),
+                binds(&BY_CUSTOMER_COLUMNS)
+            ),
+            insert_sale: format!(
+                "INSERT INTO {sales} ({}) VALUES ({}) USING TIMESTAMP ?",
+                list(&SALE_COLUMNS),
+                binds(&SALE_COLUMNS)
+            ),
+            delete_sale: format!(
+                "DELETE FROM {sales} USING TIMESTAMP ? WHERE {}",
+                equal(sales_by_day::KEY)
+            ),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.select,
+            &self.upsert_detail,
+            &self.upsert_by_customer,
+            &self.insert_sale,
+            &self.delete_sale,
+        ]
     }
 }
 
@@ -681,6 +739,30 @@ mod tests {
 
     fn folded(current: Option<OrderRow>, order: Uuid, events: Vec<Event>) -> Option<Fold> {
         fold(current, &aggregate(order, events))
+    }
+
+    #[test]
+    fn the_writer_s_statements_name_only_columns_of_the_read_model_tables() {
+        let statements = Statements::of("ks", 4);
+        for statement in statements.all() {
+            assert_eq!(
+                read_models::check_statement(statement, read_models::orders::PROJECTION.tables),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            statements.upsert_detail,
+            "INSERT INTO ks.order_detail_g4 (tenant_id, order_id, customer_id, currency, status, \
+             items, total_cents, version, placed_at, updated_at, paid_at, paid_cents) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        );
+        assert_eq!(
+            statements.delete_sale,
+            "DELETE FROM ks.sales_by_day_g4 USING TIMESTAMP ? \
+             WHERE tenant_id = ? AND day = ? AND order_id = ?"
+        );
+        // Every column of order_detail is written.
+        assert_eq!(DETAIL_COLUMNS.to_vec(), detail::TABLE.column_names());
     }
 
     #[test]

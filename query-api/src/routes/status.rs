@@ -138,6 +138,7 @@ mod tests {
             generation: 3,
             state: "live".into(),
             offsets: BTreeMap::from([(0, 4), (1, 2)]),
+            ..ProjectionRecord::default()
         });
         *store.ends.lock().unwrap() = BTreeMap::from([(0, 10), (1, 2)]);
         let state = state(store);

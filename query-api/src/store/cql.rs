@@ -1,5 +1,8 @@
 //! The read models in CQL, always read from each projection's active generation.
 //!
+//! Tables, columns and the registry reads are the `read-models` crate's: the statements below are
+//! built from its column constants, and a unit test checks them against its tables.
+//!
 //! Generation tracking: the `projections` registry says which generation of each projection
 //! serves reads (`orders` → `order_detail`, `orders_by_customer`, `sales_by_day`;
 //! `order_history` → `order_events`). [`CqlReadModels::refresh`] reads it — every second from a
@@ -23,15 +26,81 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
+use read_models::order_history::order_events;
+use read_models::orders::{order_detail, orders_by_customer, sales_by_day};
+use read_models::schema::{equal, list};
+use read_models::{ProjectionState, RegistryReader};
+
 use super::{
-    CustomerOrderKey, CustomerOrderRow, DaySales, OrderRow, ProjectionRecord, ReadModels,
-    StoreError, StoreResult,
+    BuildRecord, CustomerOrderKey, CustomerOrderRow, DaySales, OrderRow, ProjectionRecord,
+    ReadModels, StoreError, StoreResult,
 };
 
 /// Name of the projection owning `order_detail`, `orders_by_customer` and `sales_by_day`.
-pub const ORDERS_PROJECTION: &str = "orders";
+pub const ORDERS_PROJECTION: &str = read_models::orders::NAME;
 /// Name of the projection owning `order_events`.
-pub const HISTORY_PROJECTION: &str = "order_history";
+pub const HISTORY_PROJECTION: &str = read_models::order_history::NAME;
+
+/// `order_detail` columns an order is read with ([`DetailColumns`], in this order).
+const DETAIL_COLUMNS: [&str; 8] = [
+    order_detail::CUSTOMER_ID,
+    order_detail::CURRENCY,
+    order_detail::STATUS,
+    order_detail::ITEMS,
+    order_detail::TOTAL_CENTS,
+    order_detail::VERSION,
+    order_detail::PLACED_AT,
+    order_detail::UPDATED_AT,
+];
+/// `orders_by_customer` columns of a page, in the order [`CqlReadModels::customer_orders`] reads.
+const BY_CUSTOMER_COLUMNS: [&str; 5] = [
+    orders_by_customer::ORDER_ID,
+    orders_by_customer::STATUS,
+    orders_by_customer::TOTAL_CENTS,
+    orders_by_customer::PLACED_AT,
+    orders_by_customer::VERSION,
+];
+
+/// The text of the `orders` statements of one generation: detail, first page, next page, sales.
+pub fn orders_statements(ks: &str, g: i32) -> [String; 4] {
+    let by_customer = orders_by_customer::TABLE.qualified(ks, g);
+    let partition = equal(orders_by_customer::PARTITION);
+    [
+        format!(
+            "SELECT {} FROM {} WHERE {}",
+            list(&DETAIL_COLUMNS),
+            order_detail::TABLE.qualified(ks, g),
+            equal(order_detail::KEY)
+        ),
+        format!(
+            "SELECT {} FROM {by_customer} WHERE {partition} LIMIT ?",
+            list(&BY_CUSTOMER_COLUMNS)
+        ),
+        format!(
+            "SELECT {} FROM {by_customer} WHERE {partition} AND ({}, {}) < (?, ?) LIMIT ?",
+            list(&BY_CUSTOMER_COLUMNS),
+            orders_by_customer::PLACED_AT,
+            orders_by_customer::ORDER_ID
+        ),
+        // A single-partition aggregate: the sum travels instead of every paid order.
+        format!(
+            "SELECT COUNT(*), SUM({}) FROM {} WHERE {}",
+            sales_by_day::REVENUE_CENTS,
+            sales_by_day::TABLE.qualified(ks, g),
+            equal(sales_by_day::PARTITION)
+        ),
+    ]
+}
+
+/// The text of the `order_history` statement of one generation.
+pub fn history_statement(ks: &str, g: i32) -> String {
+    format!(
+        "SELECT {} FROM {} WHERE {}",
+        order_events::ENVELOPE,
+        order_events::TABLE.qualified(ks, g),
+        equal(order_events::PARTITION)
+    )
+}
 
 /// Day partitions of `sales_by_day` read at the same time by one request.
 const SALES_CONCURRENCY: usize = 32;
@@ -61,34 +130,13 @@ impl GenerationStatements for OrdersStatements {
     const PROJECTION: &'static str = ORDERS_PROJECTION;
 
     async fn prepare(session: &Session, ks: &str, g: i32) -> Result<Self, PrepareError> {
-        let columns = "order_id, status, total_cents, placed_at, version";
+        let [detail, first, after, sales] = orders_statements(ks, g);
         Ok(Self {
             generation: g,
-            detail: session
-                .prepare(format!(
-                    "SELECT customer_id, currency, status, items, total_cents, version, placed_at, updated_at \
-                     FROM {ks}.order_detail_g{g} WHERE tenant_id = ? AND order_id = ?"
-                ))
-                .await?,
-            by_customer_first: session
-                .prepare(format!(
-                    "SELECT {columns} FROM {ks}.orders_by_customer_g{g} \
-                     WHERE tenant_id = ? AND customer_id = ? LIMIT ?"
-                ))
-                .await?,
-            by_customer_after: session
-                .prepare(format!(
-                    "SELECT {columns} FROM {ks}.orders_by_customer_g{g} \
-                     WHERE tenant_id = ? AND customer_id = ? AND (placed_at, order_id) < (?, ?) LIMIT ?"
-                ))
-                .await?,
-            // A single-partition aggregate: the sum travels instead of every paid order.
-            sales_of_day: session
-                .prepare(format!(
-                    "SELECT COUNT(*), SUM(revenue_cents) FROM {ks}.sales_by_day_g{g} \
-                     WHERE tenant_id = ? AND day = ?"
-                ))
-                .await?,
+            detail: session.prepare(detail).await?,
+            by_customer_first: session.prepare(first).await?,
+            by_customer_after: session.prepare(after).await?,
+            sales_of_day: session.prepare(sales).await?,
         })
     }
 
@@ -108,11 +156,7 @@ impl GenerationStatements for HistoryStatements {
     async fn prepare(session: &Session, ks: &str, g: i32) -> Result<Self, PrepareError> {
         Ok(Self {
             generation: g,
-            events: session
-                .prepare(format!(
-                    "SELECT envelope FROM {ks}.order_events_g{g} WHERE tenant_id = ? AND aggregate_id = ?"
-                ))
-                .await?,
+            events: session.prepare(history_statement(ks, g)).await?,
         })
     }
 
@@ -203,35 +247,20 @@ pub struct CqlReadModels {
     session: Arc<Session>,
     /// Table names are qualified with it (prepared statements relying on `USE` are ambiguous).
     keyspace: String,
-    list_projections: PreparedStatement,
-    list_offsets: PreparedStatement,
+    registry: RegistryReader,
     orders: Tracked<OrdersStatements>,
     history: Tracked<HistoryStatements>,
     last_miss_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl CqlReadModels {
-    /// Prepare the registry statements and load the active generations once.
+    /// Load the active generations once (a registry that cannot be read yet is read again by the
+    /// refresher).
     pub async fn new(session: Arc<Session>, keyspace: String) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let list_projections = session
-            .prepare(format!(
-                "SELECT name, active_generation, state FROM {keyspace}.projections"
-            ))
-            .await
-            .context("preparing the projections query")?;
-        let list_offsets = session
-            .prepare(format!(
-                "SELECT partition, next_offset FROM {keyspace}.projection_offsets \
-                 WHERE projection = ? AND generation = ? AND topic = ?"
-            ))
-            .await
-            .context("preparing the projection offsets query")?;
         let models = Self {
+            registry: RegistryReader::new(session.clone(), &keyspace),
             session,
             keyspace,
-            list_projections,
-            list_offsets,
             orders: Tracked::new(),
             history: Tracked::new(),
             last_miss_refresh: tokio::sync::Mutex::new(None),
@@ -247,8 +276,8 @@ impl CqlReadModels {
         let rows = self.registry().await?;
         let active = |name: &str| {
             rows.iter()
-                .find(|(n, _, _)| n == name)
-                .and_then(|(_, g, _)| *g)
+                .find(|state| state.name == name)
+                .map(|state| state.active_generation)
                 // No row yet: the projector starts every projection at generation 1.
                 .unwrap_or(1)
         };
@@ -261,19 +290,8 @@ impl CqlReadModels {
         Ok(())
     }
 
-    async fn registry(&self) -> StoreResult<Vec<(String, Option<i32>, Option<String>)>> {
-        let result = self
-            .session
-            .execute_unpaged(&self.list_projections, ())
-            .await
-            .map_err(|e| StoreError::unavailable("reading projections")(&e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| StoreError::corrupt("projections")(&e))?;
-        rows.rows::<(String, Option<i32>, Option<String>)>()
-            .map_err(|e| StoreError::corrupt("projections")(&e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::corrupt("projections")(&e))
+    async fn registry(&self) -> StoreResult<Vec<ProjectionState>> {
+        Ok(self.registry.projections().await?)
     }
 
     /// The serving statements of a projection, refreshing the registry once when there are none.
@@ -335,24 +353,7 @@ impl CqlReadModels {
         generation: i32,
         topic: &str,
     ) -> StoreResult<BTreeMap<i32, i64>> {
-        let result = self
-            .session
-            .execute_unpaged(&self.list_offsets, (projection, generation, topic))
-            .await
-            .map_err(|e| StoreError::unavailable("reading projection_offsets")(&e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
-        let mut offsets = BTreeMap::new();
-        for row in rows
-            .rows::<(i32, Option<i64>)>()
-            .map_err(|e| StoreError::corrupt("projection_offsets")(&e))?
-        {
-            let (partition, next) =
-                row.map_err(|e| StoreError::corrupt("projection_offsets")(&e))?;
-            offsets.insert(partition, next.unwrap_or(0));
-        }
-        Ok(offsets)
+        Ok(self.registry.offsets(projection, generation, topic).await?)
     }
 }
 
@@ -521,19 +522,62 @@ impl ReadModels for CqlReadModels {
     }
 
     async fn projections(&self, topic: &str) -> StoreResult<Vec<ProjectionRecord>> {
-        let rows = self.registry().await?;
+        let (rows, controls) = tokio::join!(self.registry(), self.registry.controls());
+        let (rows, mut controls) = (rows?, controls?);
         let mut out = Vec::with_capacity(rows.len());
-        for (name, generation, state) in rows {
-            let generation = generation.unwrap_or(1);
-            let offsets = self.offsets(&name, generation, topic).await?;
+        for state in rows {
+            let offsets = self
+                .offsets(&state.name, state.active_generation, topic)
+                .await?;
+            let building = match state.building() {
+                Some((generation, kind)) => Some(BuildRecord {
+                    generation,
+                    kind,
+                    from: state.rebuild_from,
+                    offsets: self.offsets(&state.name, generation, topic).await?,
+                }),
+                None => None,
+            };
+            let control = controls
+                .iter()
+                .position(|c| c.projection == state.name)
+                .map(|i| controls.swap_remove(i));
             out.push(ProjectionRecord {
-                name,
-                generation,
-                state: state.unwrap_or_else(|| "unknown".into()),
+                name: state.name,
+                generation: state.active_generation,
+                state: state.state,
                 offsets,
+                building,
+                control,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_statement_names_only_columns_of_the_read_model_tables() {
+        let tables = read_models::tables();
+        for statement in orders_statements("ks", 3)
+            .iter()
+            .chain([&history_statement("ks", 3)])
+        {
+            assert_eq!(read_models::check_statement(statement, &tables), Ok(()));
+        }
+        assert_eq!(
+            orders_statements("ks", 3)[0],
+            "SELECT customer_id, currency, status, items, total_cents, version, placed_at, \
+             updated_at FROM ks.order_detail_g3 WHERE tenant_id = ? AND order_id = ?"
+        );
+        assert_eq!(
+            orders_statements("ks", 3)[2],
+            "SELECT order_id, status, total_cents, placed_at, version FROM ks.orders_by_customer_g3 \
+             WHERE tenant_id = ? AND customer_id = ? AND (placed_at, order_id) < (?, ?) LIMIT ?"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use uuid::Uuid;
 
 use super::*;
@@ -19,6 +19,8 @@ pub struct MemoryStore {
     pub events: Mutex<HashMap<Uuid, Vec<String>>>,
     pub records: Mutex<Vec<ProjectionRecord>>,
     pub ends: Mutex<BTreeMap<i32, i64>>,
+    /// What `start_offsets` answers, whatever the time.
+    pub starts: Mutex<BTreeMap<i32, i64>>,
     pub generation: AtomicI32,
     pub detail_reads: AtomicUsize,
     /// Versions added to an order after each detail read: simulates a projector catching up.
@@ -155,5 +157,13 @@ impl ReadModels for MemoryStore {
 impl EndOffsets for MemoryStore {
     async fn end_offsets(&self, _topic: &str) -> StoreResult<BTreeMap<i32, i64>> {
         Ok(self.ends.lock().unwrap().clone())
+    }
+
+    async fn start_offsets(
+        &self,
+        _topic: &str,
+        _from: Option<DateTime<Utc>>,
+    ) -> StoreResult<BTreeMap<i32, i64>> {
+        Ok(self.starts.lock().unwrap().clone())
     }
 }

@@ -1,8 +1,10 @@
 //! What query-api reads from the outside world, behind two small traits so that handlers, the
 //! cache and the `min_version` wait can be tested without a cluster:
-//! - [`ReadModels`]: the projector's CQL tables (see `projector/READ_MODELS.md`), always read from
-//!   the projection's active generation ([`cql::CqlReadModels`] tracks it);
-//! - [`EndOffsets`]: Kafka high watermarks, for projection lag ([`kafka::KafkaEndOffsets`]).
+//! - [`ReadModels`]: the projector's CQL tables (see `projector/READ_MODELS.md`; tables, columns
+//!   and the registry reads come from the `read-models` crate), always read from the projection's
+//!   active generation ([`cql::CqlReadModels`] tracks it);
+//! - [`EndOffsets`]: Kafka high watermarks, for projection lag, and where a build started
+//!   ([`kafka::KafkaEndOffsets`]).
 
 pub mod cql;
 pub mod kafka;
@@ -41,6 +43,19 @@ impl StoreError {
         move |e| StoreError::Corrupt {
             what,
             detail: e.to_string(),
+        }
+    }
+}
+
+impl From<read_models::ReadError> for StoreError {
+    fn from(error: read_models::ReadError) -> Self {
+        match error {
+            read_models::ReadError::Unavailable { what, detail } => {
+                StoreError::Unavailable { what, detail }
+            }
+            read_models::ReadError::Corrupt { what, detail } => {
+                StoreError::Corrupt { what, detail }
+            }
         }
     }
 }
@@ -88,13 +103,29 @@ pub struct DaySales {
     pub revenue_cents: i64,
 }
 
-/// One row of `projections` with the offsets of its active generation.
-#[derive(Debug, Clone, PartialEq)]
+/// One row of `projections` with the offsets of its active generation, the generation under
+/// construction if any, and the projection's `projection_control` row.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProjectionRecord {
     pub name: String,
     pub generation: i32,
     pub state: String,
     /// partition → next offset to apply.
+    pub offsets: BTreeMap<i32, i64>,
+    pub building: Option<BuildRecord>,
+    /// Operators' pause (none: never paused nor resumed).
+    pub control: Option<read_models::ControlState>,
+}
+
+/// A generation being built beside the active one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildRecord {
+    pub generation: i32,
+    pub kind: read_models::BuildKind,
+    /// `--from` of the build: it was seeded with the first offsets at that time (none: with the
+    /// start of the topic).
+    pub from: Option<DateTime<Utc>>,
+    /// partition → next offset to apply, of the generation being built.
     pub offsets: BTreeMap<i32, i64>,
 }
 
@@ -137,4 +168,13 @@ pub trait ReadModels: Send + Sync + 'static {
 pub trait EndOffsets: Send + Sync + 'static {
     /// partition → high watermark (offset of the next record to be written).
     async fn end_offsets(&self, topic: &str) -> StoreResult<BTreeMap<i32, i64>>;
+
+    /// partition → the offset a build from `from` was seeded with: the first offset at or after
+    /// that time (the high watermark when there is none), or the start of the log without `from`.
+    /// The same lookup `projector rebuild` and `projector shadow` seed their generation with.
+    async fn start_offsets(
+        &self,
+        topic: &str,
+        from: Option<DateTime<Utc>>,
+    ) -> StoreResult<BTreeMap<i32, i64>>;
 }

@@ -228,7 +228,7 @@ pub async fn hash_tables(ks: &Keyspace) -> anyhow::Result<TablesHash> {
     let mut all = FNV_OFFSET;
     let mut rows_total = 0;
     let mut tables = Vec::new();
-    for (projection, bases) in PROJECTIONS {
+    for (projection, bases) in PROJECTIONS.iter().map(|p| (p.name, p.bases)) {
         let (generation, _) = ks
             .generations(projection)
             .await?
@@ -266,7 +266,7 @@ async fn drain_to(
     loop {
         let behind: anyhow::Result<i64> = async {
             let mut behind = 0;
-            for (projection, _) in PROJECTIONS {
+            for projection in PROJECTIONS.iter().map(|p| p.name) {
                 let stored = match ks.generations(projection).await? {
                     Some((generation, _)) => ks.offsets(projection, generation, topic).await?,
                     None => BTreeMap::new(),
@@ -315,10 +315,10 @@ pub async fn compare_with_rebuild(settings: &Settings) -> anyhow::Result<Compari
     let topic = &settings.kafka.topic;
     let mut cql = settings.cql.clone();
     cql.request_timeout_ms = 60_000;
-    let live = Keyspace {
-        name: settings.cql.keyspace.clone(),
-        session: infra::cql::connect_keyspace(&cql).await?,
-    };
+    let live = Keyspace::open(
+        &settings.cql.keyspace,
+        infra::cql::connect_keyspace(&cql).await?,
+    );
     let mut fresh_settings = settings.clone();
     let fresh = Keyspace::fresh(&mut fresh_settings).await?;
     say(&format!(

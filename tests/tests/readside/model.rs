@@ -359,13 +359,26 @@ impl Snapshot {
             updated,
             paid_at,
             paid_cents,
-        ) in rows::<DetailColumns>(
-            ks,
+        ) in rows::<DetailColumns>(ks, {
+            use read_models::orders::order_detail as d;
             format!(
-                "SELECT order_id, customer_id, currency, status, items, total_cents, version, \
-                     placed_at, updated_at, paid_at, paid_cents FROM order_detail_g{orders_g}"
-            ),
-        )
+                "SELECT {} FROM {}",
+                read_models::schema::list(&[
+                    d::ORDER_ID,
+                    d::CUSTOMER_ID,
+                    d::CURRENCY,
+                    d::STATUS,
+                    d::ITEMS,
+                    d::TOTAL_CENTS,
+                    d::VERSION,
+                    d::PLACED_AT,
+                    d::UPDATED_AT,
+                    d::PAID_AT,
+                    d::PAID_CENTS,
+                ]),
+                d::TABLE.name(orders_g)
+            )
+        })
         .await?
         {
             let items = serde_json::from_str(items.as_deref().unwrap_or("[]"))?;
@@ -587,8 +600,8 @@ pub fn assert_no_differences(what: &str, diffs: &[String]) {
 pub async fn assert_generations_equal(ks: &Keyspace, projection: &str, a: i32, b: i32) {
     let tables = PROJECTIONS
         .iter()
-        .find(|(name, _)| *name == projection)
-        .map(|(_, tables)| *tables)
+        .find(|p| p.name == projection)
+        .map(|p| p.bases)
         .unwrap_or_default();
     for base in tables {
         let left = ks.table_rows(&format!("{base}_g{a}")).await.unwrap();

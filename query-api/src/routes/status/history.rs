@@ -600,6 +600,7 @@ mod tests {
             state: "live".into(),
             lag: lags.iter().sum(),
             partitions,
+            ..ProjectionStatus::default()
         }
     }
 
