@@ -31,6 +31,8 @@ use crate::settings::Telemetry;
 
 /// Whether this process exports traces (an OpenTelemetry layer is installed).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// Logs go to stderr instead of stdout: set by [`init_command_line`].
+static LOGS_TO_STDERR: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans of this process are exported as OpenTelemetry traces. Callers skip the work of
 /// propagating trace contexts when they are not.
@@ -67,6 +69,23 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// [`init`] for a command-line tool (`projector rebuild|shadow|ctl`, `stack-admin`): the same
+/// logs, on stderr, so that what the command prints on stdout (a JSON report, an export) can be
+/// piped as it is.
+pub fn init_command_line(settings: &Telemetry, service: &str) -> TelemetryGuard {
+    LOGS_TO_STDERR.store(true, Ordering::Relaxed);
+    init(settings, service)
+}
+
+/// Where log lines are written: stdout for the services, stderr for command-line tools.
+fn log_writer() -> fmt::writer::BoxMakeWriter {
+    if LOGS_TO_STDERR.load(Ordering::Relaxed) {
+        fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    }
+}
+
 /// Install the global subscriber: JSON lines or human-readable, filtered by `RUST_LOG` or the
 /// setting; plus the OpenTelemetry layer when `otlp_endpoint` is set. `service` names the process
 /// in traces unless `telemetry.service_name` does.
@@ -99,7 +118,11 @@ pub fn init(settings: &Telemetry, service: &str) -> TelemetryGuard {
     let logs: Box<dyn Layer<Registry> + Send + Sync> = if settings.format == "json" {
         json_layer().with_filter(filter).boxed()
     } else {
-        fmt::layer().compact().with_filter(filter).boxed()
+        fmt::layer()
+            .compact()
+            .with_writer(log_writer())
+            .with_filter(filter)
+            .boxed()
     };
     // No busy/idle timing (a clock read at every poll of every span) and no thread names: what
     // a trace needs is the spans' structure, times and fields.
@@ -141,7 +164,9 @@ fn logs_only(filter: EnvFilter, format: &str) {
     let _ = if format == "json" {
         registry.with(json_layer()).try_init()
     } else {
-        registry.with(fmt::layer().compact()).try_init()
+        registry
+            .with(fmt::layer().compact().with_writer(log_writer()))
+            .try_init()
     };
 }
 
@@ -153,6 +178,7 @@ where
         .json()
         .flatten_event(true)
         .with_current_span(false)
+        .with_writer(log_writer())
 }
 
 /// `endpoint` as the URL spans are posted to: `/v1/traces` is appended to a base URL.

@@ -32,6 +32,30 @@ pub enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Build a shadow generation of a projection with this binary's code, up to where the live
+    /// generation is, and report how the two differ; `--promote` then switches reads to it.
+    Shadow {
+        /// The projection (`orders`, `order_history`).
+        name: String,
+        /// Start from the first event at or after this time (RFC 3339) instead of offset 0.
+        #[arg(long)]
+        from: Option<DateTime<Utc>>,
+        /// Switch reads to the shadow generation once compared (otherwise it is dropped).
+        #[arg(long)]
+        promote: bool,
+        /// Where every difference goes, one JSON line each
+        /// (default `shadow-<projection>-g<generation>.jsonl`).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// No progress bars (logs only).
+        #[arg(long)]
+        no_progress: bool,
+        /// Release a shadow left claimed by a process that is gone, and drop its tables.
+        #[arg(long, conflicts_with_all = ["from", "promote", "out"])]
+        abandon: bool,
+    },
+    /// Control a projection: pause, resume, reset, skip, dead letters (see `projector ctl --help`).
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Run what the command line asks for.
@@ -73,6 +97,24 @@ pub async fn execute(cli: Cli, settings: Settings) -> ExitCode {
                 }
             }
         }
+        Command::Shadow {
+            name,
+            from,
+            promote,
+            out,
+            no_progress,
+            abandon,
+        } => {
+            let options = crate::shadow::ShadowOptions {
+                from,
+                promote,
+                out,
+                progress: !no_progress,
+                ..crate::shadow::ShadowOptions::new(&name)
+            };
+            crate::shadow::command(settings, options, abandon).await
+        }
+        Command::Ctl(args) => crate::ctl::execute(args, settings).await,
     }
 }
 

@@ -17,6 +17,12 @@
 //! dead-letter topic; an unavailable database is waited for, indefinitely. Only then are the
 //! batch's offsets written. Stopping (shutdown, or the generation being retired) finishes the
 //! batch in hand, writes its offsets and closes the consumer, which leaves the group cleanly.
+//!
+//! A consumer of the service runs behind its projection's [`Gate`] (operators' control, see
+//! [`crate::control`]): paused, it abandons the batch in hand without writing its offsets and
+//! stops; records an operator skipped are moved past without being applied; and offsets are
+//! written only while the instance confirmed the control state within [`crate::control::FENCE`]
+//! (else it waits), so that a reset never races a consumer that lost touch.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +40,7 @@ use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use crate::batch::{decode, group, next_offsets, Group, Record};
+use crate::control::Gate;
 use crate::projections::{AggregateEvents, ApplyError, Projection, ProjectionWriter};
 use crate::registry::OffsetStore;
 use crate::topic::DeadLetters;
@@ -103,11 +110,22 @@ impl Drop for WorkerHandle {
     }
 }
 
-/// Start consuming `generation` of `projection`.
+/// Start consuming `generation` of `projection`, outside of operators' control (a rebuild's own
+/// consumer).
 pub async fn spawn(
     shared: Arc<Shared>,
     projection: Arc<dyn Projection>,
     generation: i32,
+) -> anyhow::Result<WorkerHandle> {
+    spawn_gated(shared, projection, generation, None).await
+}
+
+/// Start consuming `generation` of `projection` behind `gate` (pause, skips, the offsets fence).
+pub async fn spawn_gated(
+    shared: Arc<Shared>,
+    projection: Arc<dyn Projection>,
+    generation: i32,
+    gate: Option<Arc<Gate>>,
 ) -> anyhow::Result<WorkerHandle> {
     let name = projection.name();
     let topic = shared.settings.kafka.topic.clone();
@@ -137,6 +155,7 @@ pub async fn spawn(
         offsets,
         stop: stop.clone(),
         runtime: Handle::current(),
+        gate,
     };
     let join = tokio::task::spawn_blocking(move || worker.run());
     Ok(WorkerHandle {
@@ -160,11 +179,40 @@ struct Worker {
     offsets: OffsetStore,
     stop: Arc<AtomicBool>,
     runtime: Handle,
+    gate: Option<Arc<Gate>>,
 }
 
 impl Worker {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// An operator paused the projection: apply nothing more, write no offsets.
+    fn paused(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.paused())
+    }
+
+    /// Wait until offsets may be written: the instance confirmed, within the fence, that the
+    /// projection is not paused. Abandons when stopping or paused.
+    async fn fenced(&self) -> Result<(), Abandoned> {
+        let Some(gate) = &self.gate else {
+            return Ok(());
+        };
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if gate.paused() {
+                return Err(Abandoned);
+            }
+            if gate.fresh() {
+                return Ok(());
+            }
+            tracing::warn!(
+                projection = self.projection,
+                generation = self.generation,
+                "the control state was not confirmed recently; holding the offsets write"
+            );
+            backoff = self.pause(backoff).await?;
+        }
     }
 
     fn run(self) -> anyhow::Result<()> {
@@ -195,8 +243,9 @@ impl Worker {
             let records = self.gather(&consumer);
             // Stopping: leave the batch to the next owner (it starts from the stored offsets).
             // A partition assigned while stopping is positioned at its end, so a batch gathered
-            // now must never be applied and recorded.
-            if self.stopping() {
+            // now must never be applied and recorded. Paused: the same, the next consumer after
+            // the resume starts from the stored offsets.
+            if self.stopping() || self.paused() {
                 break;
             }
             if records.is_empty() {
@@ -313,6 +362,22 @@ impl Worker {
         let mut dead: Vec<(usize, String)> = Vec::new();
         let mut decoded = Vec::with_capacity(records.len());
         for (index, record) in records.iter().enumerate() {
+            if self
+                .gate
+                .as_ref()
+                .is_some_and(|g| g.skipped(record.partition, record.offset))
+            {
+                // Moved past, not applied: its offset still counts in the batch's offsets.
+                crate::control::skipped(self.projection);
+                tracing::warn!(
+                    projection = self.projection,
+                    generation = self.generation,
+                    partition = record.partition,
+                    offset = record.offset,
+                    "record skipped by an operator; not applied"
+                );
+                continue;
+            }
             match decode(record.payload.as_deref()) {
                 Ok(event) => decoded.push((index, event)),
                 Err(error) => dead.push((index, error)),
@@ -333,9 +398,11 @@ impl Worker {
         }
         let next = next_offsets(&records);
         let mut backoff = BACKOFF_MIN;
+        self.fenced().await?;
         while let Err(err) = self.offsets.save(&next).await {
             tracing::warn!(projection = self.projection, generation = self.generation, error = %format!("{err:#}"), "writing offsets failed; retrying");
             backoff = self.pause(backoff).await?;
+            self.fenced().await?;
         }
         crate::metrics::events_applied(self.projection, applied);
         crate::metrics::apply_seconds(self.projection, started.elapsed().as_secs_f64());

@@ -19,7 +19,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let telemetry = infra::telemetry::init(&settings.telemetry, "projector");
+    // The service logs to stdout; the one-shot commands (rebuild, shadow, ctl) to stderr, so that
+    // the JSON they print on stdout is all there is on it.
+    let telemetry = match cli.command {
+        None | Some(projector::cli::Command::Run) => {
+            infra::telemetry::init(&settings.telemetry, "projector")
+        }
+        Some(_) => infra::telemetry::init_command_line(&settings.telemetry, "projector"),
+    };
     let code = projector::cli::execute(cli, settings).await;
     telemetry.shutdown();
     code

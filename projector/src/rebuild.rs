@@ -96,6 +96,13 @@ pub async fn rebuild_with(
     let state = registry.ensure(projection.as_ref()).await?;
     let previous = state.active_generation;
     let (generation, from, resumed) = match state.building_generation {
+        Some(building) if state.state == crate::registry::SHADOWING => {
+            bail!(
+                "{name} g{building} is being shadowed (`projector shadow`); a rebuild waits until \
+                 the shadow is promoted or dropped (`projector shadow {name} --abandon` releases \
+                 a shadow whose process is gone)"
+            );
+        }
         Some(building) => {
             if options.from.is_some() && options.from != state.rebuild_from {
                 tracing::warn!(projection = name, generation = building, rebuild_from = ?state.rebuild_from, "a rebuild is already under way; resuming it, --from ignored");
@@ -214,30 +221,7 @@ pub async fn rebuild_with(
     }
 
     tokio::time::sleep(options.grace).await;
-    // The switch is done: failing to clean up the old generation must not report the rebuild as
-    // failed. Its tables only take space; say so and how to drop them.
-    let cleanup = async {
-        registry.drop_tables(projection.as_ref(), previous).await?;
-        OffsetStore::new(
-            shared.session.clone(),
-            &keyspace,
-            name,
-            previous,
-            &topic_name,
-        )
-        .await?
-        .clear()
-        .await
-        .context("forgetting the old generation's offsets")
-    };
-    if let Err(err) = cleanup.await {
-        tracing::warn!(
-            projection = name,
-            generation = previous,
-            error = %format!("{err:#}"),
-            "the old generation could not be dropped; drop its tables by hand (DROP TABLE <table>_g{previous})"
-        );
-    }
+    retire(&registry, projection.as_ref(), previous, &topic_name).await;
 
     let events = reached
         .iter()
@@ -254,8 +238,42 @@ pub async fn rebuild_with(
     })
 }
 
+/// Drop a generation that no longer serves: its tables and its offsets. The switch is done by
+/// then, so a failure is logged (with how to drop the tables by hand), never returned: the
+/// tables only take space.
+pub(crate) async fn retire(
+    registry: &Registry,
+    projection: &dyn projections::Projection,
+    generation: i32,
+    topic: &str,
+) {
+    let name = projection.name();
+    let cleanup = async {
+        registry.drop_tables(projection, generation).await?;
+        OffsetStore::new(
+            registry.session().clone(),
+            registry.keyspace(),
+            name,
+            generation,
+            topic,
+        )
+        .await?
+        .clear()
+        .await
+        .context("forgetting the old generation's offsets")
+    };
+    if let Err(err) = cleanup.await {
+        tracing::warn!(
+            projection = name,
+            generation,
+            error = %format!("{err:#}"),
+            "the old generation could not be dropped; drop its tables by hand (DROP TABLE <table>_g{generation})"
+        );
+    }
+}
+
 /// Where a rebuild starts, per partition: the start of the log, or the first offset at `from`.
-async fn start_offsets(
+pub(crate) async fn start_offsets(
     topic: &TopicInfo,
     from: Option<DateTime<Utc>>,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {

@@ -6,6 +6,9 @@
 //! rebuild running beside them) agree on one answer. Offsets are plain writes made after the view
 //! writes they describe; at worst an offset goes back a little and some events are applied twice,
 //! which the projections' idempotence makes harmless.
+//!
+//! The tables and their reads are the `read-models` crate's ([`read_models::registry`]), shared with
+//! query-api and the tests; [`ProjectionState`] and the state names are re-exported from there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,46 +21,31 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
+use read_models::registry::{projections as columns, RegistryReader};
+
 use crate::projections::{qualified, table, Projection};
 
-pub const LIVE: &str = "live";
-pub const REBUILDING: &str = "rebuilding";
-
-/// One `projections` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProjectionState {
-    pub name: String,
-    pub active_generation: i32,
-    pub building_generation: Option<i32>,
-    pub state: String,
-    pub rebuild_from: Option<DateTime<Utc>>,
-}
-
-impl ProjectionState {
-    /// The generations a service instance consumes into: the active one, and the one being built.
-    pub fn generations(&self) -> Vec<i32> {
-        let mut generations = vec![self.active_generation];
-        if let Some(building) = self.building_generation {
-            if building != self.active_generation {
-                generations.push(building);
-            }
-        }
-        generations
-    }
-}
+pub use read_models::registry::{ProjectionState, LIVE, REBUILDING, SHADOWING};
 
 #[derive(Clone)]
 pub struct Registry {
     session: Arc<Session>,
     keyspace: String,
+    reader: RegistryReader,
 }
 
 impl Registry {
     pub fn new(session: Arc<Session>, keyspace: &str) -> Self {
         Self {
+            reader: RegistryReader::new(session.clone(), keyspace),
             session,
             keyspace: keyspace.to_string(),
         }
+    }
+
+    /// The registry reads (`projections`, `projection_offsets`, `projection_control`).
+    pub fn reader(&self) -> &RegistryReader {
+        &self.reader
     }
 
     pub fn session(&self) -> &Arc<Session> {
@@ -69,35 +57,10 @@ impl Registry {
     }
 
     pub async fn get(&self, name: &str) -> anyhow::Result<Option<ProjectionState>> {
-        let rows = self
-            .session
-            .query_unpaged(
-                format!(
-                    "SELECT name, active_generation, building_generation, state, rebuild_from \
-                     FROM {}.projections WHERE name = ?",
-                    self.keyspace
-                ),
-                (name,),
-            )
+        self.reader
+            .projection(name)
             .await
-            .with_context(|| format!("reading projection {name}"))?
-            .into_rows_result()?;
-        let row = rows.maybe_first_row::<(
-            String,
-            Option<i32>,
-            Option<i32>,
-            Option<String>,
-            Option<DateTime<Utc>>,
-        )>()?;
-        Ok(row.map(
-            |(name, active, building, state, rebuild_from)| ProjectionState {
-                name,
-                active_generation: active.unwrap_or(1),
-                building_generation: building,
-                state: state.unwrap_or_else(|| LIVE.to_string()),
-                rebuild_from,
-            },
-        ))
+            .with_context(|| format!("reading projection {name}"))
     }
 
     /// Register a projection on first sight (generation 1, live) and make sure the tables of the
@@ -108,11 +71,15 @@ impl Registry {
             self.session
                 .query_unpaged(
                     format!(
-                        "INSERT INTO {}.projections (name, active_generation, state, updated_at) \
-                         VALUES (?, 1, 'live', ?) IF NOT EXISTS",
-                        self.keyspace
+                        "INSERT INTO {}.projections ({}, {}, {}, {}) VALUES (?, 1, ?, ?) \
+                         IF NOT EXISTS",
+                        self.keyspace,
+                        columns::NAME,
+                        columns::ACTIVE_GENERATION,
+                        columns::STATE,
+                        columns::UPDATED_AT
                     ),
-                    (name, Utc::now()),
+                    (name, LIVE, Utc::now()),
                 )
                 .await
                 .with_context(|| format!("registering projection {name}"))?,
@@ -233,6 +200,82 @@ impl Registry {
                 .context("switching generations")?,
         )
     }
+
+    /// Mark `building` as the generation under construction in state `state` (a shadow claims
+    /// with `shadowing`), if no rebuild or shadow holds the row and it is live.
+    pub async fn claim_as(
+        &self,
+        name: &str,
+        active: i32,
+        building: i32,
+        from: Option<DateTime<Utc>>,
+        state: &str,
+    ) -> anyhow::Result<bool> {
+        applied(
+            self.session
+                .query_unpaged(
+                    format!(
+                        "UPDATE {}.projections SET building_generation = ?, state = ?, \
+                         rebuild_from = ?, updated_at = ? WHERE name = ? \
+                         IF active_generation = ? AND building_generation = null AND state = ?",
+                        self.keyspace
+                    ),
+                    (building, state, from, Utc::now(), name, active, LIVE),
+                )
+                .await
+                .with_context(|| format!("claiming {name} g{building} ({state})"))?,
+        )
+    }
+
+    /// Give up the claim on `building` made in state `state`: the projection is live again on
+    /// `active`, as if the claim had never been.
+    pub async fn release(
+        &self,
+        name: &str,
+        active: i32,
+        building: i32,
+        state: &str,
+    ) -> anyhow::Result<bool> {
+        applied(
+            self.session
+                .query_unpaged(
+                    format!(
+                        "UPDATE {}.projections SET building_generation = null, state = ?, \
+                         rebuild_from = null, updated_at = ? WHERE name = ? \
+                         IF active_generation = ? AND building_generation = ? AND state = ?",
+                        self.keyspace
+                    ),
+                    (LIVE, Utc::now(), name, active, building, state),
+                )
+                .await
+                .with_context(|| format!("releasing {name} g{building} ({state})"))?,
+        )
+    }
+
+    /// [`Registry::switch`], only while the claim on `building` is still in state `state`.
+    pub async fn switch_from(
+        &self,
+        name: &str,
+        active: i32,
+        building: i32,
+        state: &str,
+    ) -> anyhow::Result<bool> {
+        applied(
+            self.session
+                .query_unpaged(
+                    format!(
+                        "UPDATE {}.projections SET active_generation = ?, \
+                         building_generation = null, state = ?, rebuild_from = null, \
+                         updated_at = ? WHERE name = ? \
+                         IF active_generation = ? AND building_generation = ? AND state = ?",
+                        self.keyspace
+                    ),
+                    (building, LIVE, Utc::now(), name, active, building, state),
+                )
+                .await
+                .with_context(|| format!("switching {name} to g{building} ({state})"))?,
+        )
+    }
 }
 
 /// The `[applied]` column of a lightweight transaction's answer.
@@ -266,10 +309,7 @@ impl OffsetStore {
         topic: &str,
     ) -> anyhow::Result<Self> {
         let mut select = session
-            .prepare(format!(
-                "SELECT partition, next_offset FROM {keyspace}.projection_offsets \
-                 WHERE projection = ? AND generation = ? AND topic = ?"
-            ))
+            .prepare(read_models::registry::statements::select_offsets(keyspace))
             .await
             .context("preparing the offsets query")?;
         select.set_is_idempotent(true);
@@ -307,14 +347,10 @@ impl OffsetStore {
             .await
             .context("reading projection offsets")?
             .into_rows_result()?;
-        let mut offsets = BTreeMap::new();
-        for row in rows.rows::<(i32, Option<i64>)>()? {
-            let (partition, next) = row?;
-            if let Some(next) = next {
-                offsets.insert(partition, next);
-            }
-        }
-        Ok(offsets)
+        let rows = rows
+            .rows::<(i32, Option<i64>)>()?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(read_models::registry::offsets_of(rows))
     }
 
     /// Record the next offsets of some partitions; one single-partition batch.
@@ -380,5 +416,15 @@ mod tests {
             ..state
         };
         assert_eq!(live.generations(), vec![2]);
+        let shadowing = ProjectionState {
+            building_generation: Some(3),
+            state: SHADOWING.into(),
+            ..live
+        };
+        assert_eq!(
+            shadowing.generations(),
+            vec![2],
+            "only `projector shadow` builds it"
+        );
     }
 }

@@ -12,8 +12,11 @@
 // A test binary: helpers may panic like the tests they serve.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod control;
 mod dead_letters;
 mod failover;
 mod model;
+mod projections;
 mod rebuild;
+mod shadow;
 mod visibility;
