@@ -22,6 +22,12 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0002_projections.cql"),
     ),
     (3, "tenants", include_str!("../migrations/0003_tenants.cql")),
+    (
+        4,
+        "projection_control",
+        include_str!("../migrations/0004_projection_control.cql"),
+    ),
+    (5, "jobs", include_str!("../migrations/0005_jobs.cql")),
 ];
 
 /// Split a migration file into statements, dropping `--` comments.

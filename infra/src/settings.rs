@@ -22,6 +22,7 @@ pub struct Settings {
     pub command_api: CommandApi,
     pub query_api: QueryApi,
     pub projector: Projector,
+    pub jobs: Jobs,
 }
 
 /// Bearer tokens (JWT) on both APIs; see docs/security.md.
@@ -172,6 +173,44 @@ pub struct Projector {
     pub max_apply_attempts: u32,
 }
 
+/// Background jobs (exports): the durable queue in CQL, the worker in the projector process and
+/// where results go; see docs/operations.md#export-jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Jobs {
+    /// Run the job worker in this projector process (`APP_JOBS__WORKER=false` turns it off).
+    pub worker: bool,
+    /// Where export files go, as a URL: `file:///absolute/folder`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix` (credentials from the usual `AWS_…`,
+    /// `GOOGLE_…`, `AZURE_…` variables and `store_options`). Empty: exports cannot run.
+    pub store: String,
+    /// Extra `object_store` options (TOML only), e.g. `aws_region`, `aws_endpoint`.
+    pub store_options: BTreeMap<String, String>,
+    /// How long a worker's lease on a job lasts without renewal; a job whose worker died is taken
+    /// over this long after its last renewal.
+    pub lease_ms: u64,
+    /// How often an idle worker looks for runnable jobs.
+    pub poll_ms: u64,
+    /// Kafka offsets per part file (per partition): the unit of checkpointing.
+    pub part_records: u64,
+    /// Tests only: a pause after each part file, so a test can kill a worker mid-job. Keep 0.
+    pub part_pause_ms: u64,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            store: String::new(),
+            store_options: BTreeMap::new(),
+            lease_ms: 15_000,
+            poll_ms: 1_000,
+            part_records: 100_000,
+            part_pause_ms: 0,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -184,6 +223,7 @@ impl Default for Settings {
             command_api: CommandApi::default(),
             query_api: QueryApi::default(),
             projector: Projector::default(),
+            jobs: Jobs::default(),
         }
     }
 }

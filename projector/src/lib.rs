@@ -14,11 +14,18 @@
 pub mod batch;
 pub mod cli;
 pub mod consumer;
+pub mod control;
+pub mod control_http;
+pub mod control_ops;
+pub mod ctl;
+pub mod dead_letters;
+pub mod jobs;
 pub mod metrics;
 pub mod projections;
 pub mod rebuild;
 pub mod registry;
 pub mod service;
+pub mod shadow;
 pub mod topic;
 
 pub use rebuild::{rebuild, rebuild_with, RebuildOptions, RebuildReport};

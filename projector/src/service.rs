@@ -8,11 +8,17 @@
 //! new generation simply carries on, from that generation's stored offsets. A consumer that died
 //! is started again on the next tick. On shutdown every consumer finishes its batch, writes its
 //! offsets and leaves its group.
+//!
+//! Operators' control ([`crate::control`]) is read in the same tick, before any consumer is
+//! started: a paused projection gets its consumers stopped and none started, on every instance and
+//! across restarts; each instance then writes its heartbeat (consuming or not, and which pause it
+//! stopped for). The HTTP port serves, besides `/healthz`, `/readyz` and `/metrics`, the control
+//! routes of [`crate::control_http`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use infra::http::{cql_check, install_metrics, kafka_check, ops_routes, track_metrics, Readiness};
@@ -20,6 +26,9 @@ use infra::Settings;
 use scylla::client::session::Session;
 
 use crate::consumer::{self, Shared, WorkerHandle};
+use crate::control::{self, ControlStore, Gate};
+use crate::control_http::{self, ControlApp};
+use crate::control_ops::Controller;
 use crate::projections::{self, Projection};
 use crate::registry::Registry;
 use crate::topic::{DeadLetters, TopicInfo};
@@ -64,12 +73,22 @@ pub async fn run(
         ("cql", cql_check(session.clone())),
         ("kafka", kafka_check(settings.kafka.clone())),
     ]);
-    let app =
-        ops_routes(readiness, install_metrics()).layer(axum::middleware::from_fn(track_metrics));
+    let controller = Controller::new(settings.clone(), session.clone())
+        .await
+        .context("preparing projection control (has `stack-admin migrate` run?)")?;
+    let control_store = controller.store.clone();
+    let (auth, auth_task) = control_http::load_auth(&settings);
+    let app = ops_routes(readiness, install_metrics())
+        .merge(control_http::router(ControlApp { controller, auth }))
+        .fallback(infra::http::fallback)
+        .layer(axum::middleware::from_fn(track_metrics))
+        .layer(axum::middleware::from_fn(infra::http::correlation_id));
     let listener = tokio::net::TcpListener::bind(&settings.projector.addr)
         .await
         .with_context(|| format!("binding {}", settings.projector.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "ops endpoints listening");
+    let local_addr = listener.local_addr()?;
+    let instance = control::instance_id(&local_addr.to_string());
+    tracing::info!(addr = %local_addr, %instance, "ops and control endpoints listening");
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -104,6 +123,8 @@ pub async fn run(
         settings.kafka.topic.clone(),
         LAG_REFRESH,
     ));
+    // Export jobs from the durable queue (crate::jobs), unless APP_JOBS__WORKER=false.
+    let job_worker = crate::jobs::spawn(&settings, session.clone()).await;
     let shared = Arc::new(Shared {
         dead_letters,
         settings,
@@ -111,15 +132,26 @@ pub async fn run(
     });
 
     let mut workers: BTreeMap<(&'static str, i32), WorkerHandle> = BTreeMap::new();
+    let control = Control {
+        store: control_store,
+        instance,
+        gates: projections
+            .iter()
+            .map(|p| (p.name(), Arc::new(Gate::default())))
+            .collect(),
+    };
     let mut tick = tokio::time::interval(REGISTRY_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = tick.tick() => reconcile(&shared, &registry, &projections, &mut workers).await,
+            _ = tick.tick() => reconcile(&shared, &registry, &control, &projections, &mut workers).await,
         }
     }
 
+    if let Some(job_worker) = job_worker {
+        job_worker.stop().await;
+    }
     tracing::info!(consumers = workers.len(), "stopping consumers");
     for result in futures::future::join_all(workers.into_values().map(WorkerHandle::stop)).await {
         if let Err(err) = result {
@@ -127,6 +159,14 @@ pub async fn run(
         }
     }
     lag.abort();
+    auth_task.abort();
+    for projection in &projections {
+        // Gone: a reset need not wait for this instance's lease to run out.
+        let name = projection.name();
+        if let Err(err) = control.store.heartbeat_gone(name, &control.instance).await {
+            tracing::debug!(projection = name, error = %format!("{err:#}"), "removing the heartbeat failed");
+        }
+    }
     let _ = http_stop.send(());
     match http.await {
         Ok(Ok(())) => {}
@@ -152,10 +192,42 @@ async fn connect(settings: &Settings) -> Arc<Session> {
     }
 }
 
-/// Bring the running consumers in line with the registry.
+/// What this instance knows of operators' control.
+struct Control {
+    store: ControlStore,
+    instance: String,
+    gates: BTreeMap<&'static str, Arc<Gate>>,
+}
+
+/// Read the control state of `name` into its gate: `None` when it cannot be read (then nothing
+/// is started, and running consumers hold their offsets writes once the fence runs out).
+async fn read_control(control: &Control, name: &str) -> Option<control::ControlState> {
+    let gate = control.gates.get(name)?;
+    let read_at = Instant::now();
+    let state = match control.store.state(name).await {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::debug!(projection = name, error = %format!("{err:#}"), "reading the control state failed");
+            return None;
+        }
+    };
+    let skips = match control.store.skips(name).await {
+        Ok(skips) => skips,
+        Err(err) => {
+            tracing::debug!(projection = name, error = %format!("{err:#}"), "reading the skips failed");
+            return None;
+        }
+    };
+    let skips = skips.into_iter().map(|s| (s.partition, s.offset)).collect();
+    gate.update(state.paused, skips, read_at);
+    Some(state)
+}
+
+/// Bring the running consumers in line with the registry and the control state.
 async fn reconcile(
     shared: &Arc<Shared>,
     registry: &Registry,
+    control: &Control,
     projections: &[Arc<dyn Projection>],
     workers: &mut BTreeMap<(&'static str, i32), WorkerHandle>,
 ) {
@@ -176,6 +248,40 @@ async fn reconcile(
                 continue;
             }
         };
+        let Some(control_state) = read_control(control, name).await else {
+            continue;
+        };
+        control::set_paused_gauge(name, control_state.paused);
+        if control_state.paused {
+            let running: Vec<_> = workers
+                .keys()
+                .filter(|(n, _)| *n == name)
+                .copied()
+                .collect();
+            for key in running {
+                if let Some(worker) = workers.remove(&key) {
+                    tracing::info!(
+                        projection = name,
+                        generation = key.1,
+                        changed_by = control_state.changed_by.as_deref().unwrap_or(""),
+                        reason = control_state.reason.as_deref().unwrap_or(""),
+                        "projection paused; stopping its consumer"
+                    );
+                    if let Err(err) = worker.stop().await {
+                        tracing::error!(projection = name, generation = key.1, error = %format!("{err:#}"), "consumer ended with an error");
+                    }
+                }
+            }
+            if let Err(err) = control
+                .store
+                .heartbeat(name, &control.instance, false, control_state.changed_at)
+                .await
+            {
+                tracing::debug!(projection = name, error = %format!("{err:#}"), "writing the heartbeat failed");
+            }
+            continue;
+        }
+        let gate = control.gates.get(name).cloned();
         let wanted = state.generations();
 
         let retired: Vec<_> = workers
@@ -224,7 +330,14 @@ async fn reconcile(
                 }
                 Ok(false) | Err(_) => continue,
             }
-            match consumer::spawn(shared.clone(), projection.clone(), generation).await {
+            match consumer::spawn_gated(
+                shared.clone(),
+                projection.clone(),
+                generation,
+                gate.clone(),
+            )
+            .await
+            {
                 Ok(worker) => {
                     workers.insert((name, generation), worker);
                 }
@@ -232,6 +345,14 @@ async fn reconcile(
                     tracing::warn!(projection = name, generation, error = %format!("{err:#}"), "starting the consumer failed; retrying")
                 }
             }
+        }
+        let consuming = workers.keys().any(|(n, _)| *n == name);
+        if let Err(err) = control
+            .store
+            .heartbeat(name, &control.instance, consuming, None)
+            .await
+        {
+            tracing::debug!(projection = name, error = %format!("{err:#}"), "writing the heartbeat failed");
         }
     }
 }

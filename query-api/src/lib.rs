@@ -55,6 +55,8 @@ pub struct AppState {
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
     pub auth: Arc<Authenticator>,
+    /// This instance's readings of the generations being built (`/v1/projections` rates).
+    pub builds: Arc<routes::projections::BuildReadings>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             readiness,
             metrics: install_metrics(),
             auth,
+            builds: Arc::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .merge(scoped(routes::order_events::router(), auth::EVENTS_READ))
         .merge(scoped(routes::projections::router(), auth::OPS))
+        .merge(scoped(routes::jobs::router(), auth::EVENTS_READ))
         .route_layer(from_fn_with_state(state.auth.clone(), auth::authenticate));
     Router::new()
         .merge(api)
@@ -134,6 +138,7 @@ pub async fn serve(
     let session = infra::cql::connect_keyspace(&settings.cql).await?;
     let models =
         Arc::new(CqlReadModels::new(session.clone(), settings.cql.keyspace.clone()).await?);
+    let jobs = routes::jobs::JobsApi::open(&settings, session.clone()).await;
     let refresher = spawn_refresher(models.clone());
     let end_offsets = Arc::new(KafkaEndOffsets::new(&settings.kafka)?);
     let readiness = Readiness::new(vec![
@@ -144,7 +149,9 @@ pub async fn serve(
     let status = routes::status::spawn_sampler(&settings, &state);
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "query-api listening");
-    let router = app(state).layer(axum::Extension(status.history()));
+    let router = app(state)
+        .layer(axum::Extension(status.history()))
+        .layer(axum::Extension(Arc::new(jobs)));
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -57,23 +57,39 @@ enum Command {
         #[arg(long, default_value = "dev")]
         subject: String,
     },
-    /// Write the event stream as JSON lines (to stdout or a file), with progress on stderr.
+    /// Write the event stream as JSON lines or Parquet (to stdout or a file), with progress on
+    /// stderr, and optionally a manifest of the offsets covered.
     Export {
         /// Start at the first event at or after this time (RFC 3339); default: the beginning.
+        /// With --from-offsets it only filters.
         #[arg(long)]
         from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Start exactly where an earlier export ended: the end offsets of its manifest.json
+        /// (written by an export job, or by --manifest).
+        #[arg(long, value_name = "MANIFEST")]
+        from_offsets: Option<std::path::PathBuf>,
         /// Only the events of this aggregate.
         #[arg(long)]
         aggregate: Option<uuid::Uuid>,
+        /// Only events of this type (repeat for several).
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
         /// Only the events of this tenant (an analyst of one tenant exports only its data).
         #[arg(long)]
         tenant: Option<String>,
-        /// Keep tailing new events instead of stopping at the end.
+        /// `jsonl` (envelopes as stored) or `parquet` (one row per event; needs --out).
+        #[arg(long, default_value = "jsonl")]
+        format: infra::export::Format,
+        /// Keep tailing new events instead of stopping at the end (jsonl only).
         #[arg(long)]
         follow: bool,
         /// Output file; standard output when absent.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Also write a manifest (offsets covered per partition, counts) to this file, for a later
+        /// --from-offsets.
+        #[arg(long)]
+        manifest: Option<std::path::PathBuf>,
     },
 }
 
@@ -87,7 +103,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let telemetry = infra::telemetry::init(
+    let telemetry = infra::telemetry::init_command_line(
         &infra::settings::Telemetry {
             filter: "warn,stack_admin=info,infra=info".into(),
             ..settings.telemetry.clone()
@@ -160,30 +176,31 @@ async fn main() -> ExitCode {
         })(),
         Command::Export {
             from,
+            from_offsets,
             aggregate,
+            event_types,
             tenant,
+            format,
             follow,
             out,
+            manifest,
         } => {
             let kafka = settings.kafka.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let request = infra::export::ExportRequest {
-                    from,
-                    aggregate_id: aggregate,
-                    tenant,
-                    follow,
-                    progress: out.is_some(),
-                };
-                let mut sink: Box<dyn std::io::Write> = match &out {
-                    Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
-                    None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-                };
-                let report = infra::export::export(&kafka, &request, &mut sink)?;
-                eprintln!(
-                    "exported {} events ({} read, {} not envelopes)",
-                    report.written, report.read, report.skipped
-                );
-                Ok(())
+            tokio::task::spawn_blocking(move || {
+                export(
+                    &kafka,
+                    ExportArgs {
+                        from,
+                        from_offsets,
+                        aggregate,
+                        event_types,
+                        tenant,
+                        format,
+                        follow,
+                        out,
+                        manifest,
+                    },
+                )
             })
             .await
             .unwrap_or_else(|e| Err(e.into()))
@@ -218,4 +235,103 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+}
+
+struct ExportArgs {
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    from_offsets: Option<std::path::PathBuf>,
+    aggregate: Option<uuid::Uuid>,
+    event_types: Vec<String>,
+    tenant: Option<String>,
+    format: infra::export::Format,
+    follow: bool,
+    out: Option<std::path::PathBuf>,
+    manifest: Option<std::path::PathBuf>,
+}
+
+/// `stack-admin export`: the shared export routine into a file or standard output.
+fn export(kafka: &infra::settings::Kafka, args: ExportArgs) -> anyhow::Result<()> {
+    use infra::export::{write, Format, Manifest};
+    use std::io::Write;
+
+    let start_offsets = match &args.from_offsets {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let previous = Manifest::parse(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            if previous.topic != kafka.topic {
+                anyhow::bail!(
+                    "{} covers topic {}, not {}",
+                    path.display(),
+                    previous.topic,
+                    kafka.topic
+                );
+            }
+            Some(previous.end_offsets())
+        }
+        None => None,
+    };
+    if args.format == Format::Parquet && args.out.is_none() {
+        anyhow::bail!("--format parquet needs --out <file>");
+    }
+    if args.follow && (args.format == Format::Parquet || args.manifest.is_some()) {
+        anyhow::bail!("--follow writes JSON lines only, without a manifest");
+    }
+    let request = infra::export::ExportRequest {
+        from: args.from,
+        aggregate_id: args.aggregate,
+        event_types: args.event_types,
+        tenant: args.tenant,
+        start_offsets,
+        follow: args.follow,
+        progress: args.out.is_some(),
+    };
+    let created_at = chrono::Utc::now();
+    let (report, bytes) = match (&args.out, args.format) {
+        (Some(path), Format::Parquet) => {
+            let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+            let mut sink = write::ParquetSink::new(file)?;
+            let report = infra::export::export_with(kafka, &request, &mut sink)?;
+            sink.finish()?.flush()?;
+            (report, std::fs::metadata(path)?.len())
+        }
+        (Some(path), Format::Jsonl) => {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+            let report = infra::export::export(kafka, &request, &mut file)?;
+            file.flush()?;
+            (report, std::fs::metadata(path)?.len())
+        }
+        (None, _) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let report = infra::export::export(kafka, &request, &mut out)?;
+            out.flush()?;
+            (report, 0)
+        }
+    };
+    eprintln!(
+        "exported {} events ({} read, {} not envelopes)",
+        report.written, report.read, report.skipped
+    );
+    if let Some(path) = &args.manifest {
+        // One output holds every partition: the manifest lists no part files, only the offsets
+        // covered and the totals.
+        let manifest = Manifest {
+            version: infra::export::manifest::MANIFEST_VERSION,
+            job_id: None,
+            after_job: None,
+            format: args.format,
+            selection: request.selection(),
+            topic: kafka.topic.clone(),
+            partitions: report.ranges.clone(),
+            files: Vec::new(),
+            events: report.written,
+            bytes,
+            created_at,
+            finished_at: chrono::Utc::now(),
+        };
+        std::fs::write(path, manifest.to_json())?;
+        eprintln!("manifest: {}", path.display());
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! HTTP routes, one file per resource; [`crate::app`] merges their routers.
 
 pub mod customers;
+pub mod jobs;
 pub mod openapi;
 pub mod order_events;
 pub mod orders;

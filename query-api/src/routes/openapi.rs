@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{customers, order_events, orders, projections, stats, PROBLEM};
+use crate::routes::{customers, jobs, order_events, orders, projections, stats, PROBLEM};
 use crate::AppState;
 
 #[derive(OpenApi)]
@@ -21,6 +21,10 @@ use crate::AppState;
         stats::sales,
         order_events::order_events,
         projections::projections,
+        jobs::create_export,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::get_file,
         healthz,
         readyz,
         metrics,
@@ -39,12 +43,27 @@ use crate::AppState;
         projections::Projections,
         projections::ProjectionStatus,
         projections::PartitionLag,
+        projections::ControlChange,
+        projections::Building,
+        projections::BuildKind,
+        projections::BuildPartition,
+        jobs::ExportRequest,
+        jobs::EventTypeName,
+        jobs::JobUuid,
+        jobs::JobView,
+        jobs::ExportRequestView,
+        jobs::Progress,
+        jobs::JobResult,
+        jobs::FileLink,
+        infra::export::Format,
+        infra::export::jobs::JobState,
         infra::http::Problem,
         infra::http::FieldError,
     )),
     tags(
         (name = "orders", description = "Order views"),
         (name = "stats", description = "Aggregates"),
+        (name = "exports", description = "Exports of the event stream as background jobs"),
         (name = "ops", description = "Health, readiness, metrics, projections"),
     ),
     modifiers(&Secured)
@@ -59,6 +78,7 @@ impl Modify for Secured {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         infra::auth::document(api, |path| match path {
             "/v1/orders/{id}/events" => Some(infra::auth::EVENTS_READ),
+            p if p == "/v1/exports" || p.starts_with("/v1/jobs/") => Some(infra::auth::EVENTS_READ),
             "/v1/projections" => Some(infra::auth::OPS),
             p if p.starts_with("/v1/") => Some(infra::auth::ORDERS_READ),
             _ => None,

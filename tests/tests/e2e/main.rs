@@ -7,6 +7,7 @@
 mod commands;
 mod errors;
 mod export;
+mod exports;
 mod foundation;
 mod instances;
 mod partitions;
