@@ -94,6 +94,7 @@ impl Tally {
                 .unwrap_or_else(|_| histogram()),
             cpu,
             first_error: self.first_error.lock().ok().and_then(|e| e.clone()),
+            all_ops: 0,
         }
     }
 }
@@ -106,6 +107,9 @@ pub struct Outcome {
     pub hist: Histogram<u64>,
     pub cpu: CpuDelta,
     pub first_error: Option<String>,
+    /// Operations completed over the whole loop, warm-up and drain included (closed loop only):
+    /// what a count taken before and after the loop divides by.
+    pub all_ops: u64,
 }
 
 impl Outcome {
@@ -156,16 +160,23 @@ pub async fn closed_loop(
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let tally = Tally::new();
+    let all_ops = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
-        let (stop, measuring, tally, op) =
-            (stop.clone(), measuring.clone(), tally.clone(), op.clone());
+        let (stop, measuring, tally, op, all_ops) = (
+            stop.clone(),
+            measuring.clone(),
+            tally.clone(),
+            op.clone(),
+            all_ops.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let result = tokio::time::timeout(Duration::from_secs(15), op(seq, worker)).await;
                 seq += 1;
+                all_ops.fetch_add(1, Ordering::Relaxed);
                 if !measuring.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -205,7 +216,8 @@ pub async fn closed_loop(
         let _ = tokio::time::timeout(Duration::from_secs(20), w).await;
     }
     pb.finish_and_clear();
-    let out = tally.outcome(secs, cpu);
+    let mut out = tally.outcome(secs, cpu);
+    out.all_ops = all_ops.load(Ordering::Relaxed);
     eprintln!(
         "  {label:<34} c={concurrency:<4} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{}",
         out.rate(),
@@ -283,6 +295,9 @@ pub async fn open_loop(
 #[derive(Clone, Default)]
 pub struct Procs {
     inner: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// Labels whose CPU is that of the whole process tree (PostgreSQL: the postmaster and one
+    /// backend per connection), the reaped children included.
+    trees: Arc<Mutex<std::collections::BTreeSet<String>>>,
     peak_rss_kib: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
@@ -316,11 +331,25 @@ impl Procs {
             m.insert(label.to_string(), pid);
         }
     }
+    /// Account for `pid` and every process below it under `label`.
+    pub fn add_tree(&self, label: &str, pid: u32) {
+        self.add(label, pid);
+        if let Ok(mut t) = self.trees.lock() {
+            t.insert(label.to_string());
+        }
+    }
     pub fn snapshot(&self) -> CpuSnapshot {
         let pids = self.inner.lock().map(|m| m.clone()).unwrap_or_default();
+        let trees = self.trees.lock().map(|t| t.clone()).unwrap_or_default();
         let secs = pids
             .into_iter()
-            .filter_map(|(label, pid)| cpu_seconds(pid).map(|s| (label, s)))
+            .filter_map(|(label, pid)| {
+                if trees.contains(&label) {
+                    tree_cpu_seconds(pid).map(|s| (label, s))
+                } else {
+                    cpu_seconds(pid).map(|s| (label, s))
+                }
+            })
             .collect();
         CpuSnapshot { secs }
     }
@@ -381,6 +410,49 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// CPU seconds of `root` and every live process below it, plus what `root`'s reaped children
+/// spent (cutime + cstime).
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let field = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let root_fields = stat_fields(root)?;
+    let mut ticks = field(&root_fields, 11)?
+        + field(&root_fields, 12)?
+        + field(&root_fields, 13).unwrap_or(0.0)
+        + field(&root_fields, 14).unwrap_or(0.0);
+    let mut children: BTreeMap<u32, Vec<(u32, f64)>> = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Some(f) = stat_fields(pid) else { continue };
+            let (Some(ppid), Some(u), Some(s)) = (
+                f.get(1).and_then(|v| v.parse::<u32>().ok()),
+                field(&f, 11),
+                field(&f, 12),
+            ) else {
+                continue;
+            };
+            children.entry(ppid).or_default().push((pid, u + s));
+        }
+    }
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for (child, t) in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            ticks += t;
+            stack.push(*child);
+        }
+    }
+    Some(ticks / clock_ticks())
+}
+
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -398,4 +470,28 @@ pub fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cpu_seconds, tree_cpu_seconds};
+
+    #[test]
+    fn a_process_tree_counts_at_least_its_root_and_its_busy_child() {
+        let me = std::process::id();
+        // A child that burns CPU for a moment, then is reaped: its time moves to our cutime.
+        let before = tree_cpu_seconds(me).expect("own stat");
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let after = tree_cpu_seconds(me).expect("own stat");
+        let own = cpu_seconds(me).expect("own stat");
+        assert!(after >= own, "tree {after} < own {own}");
+        assert!(
+            after > before,
+            "the reaped child's CPU is not counted: {before} → {after}"
+        );
+    }
 }

@@ -18,13 +18,14 @@ use crate::measure::{record, OpFn};
 pub const STEPS: usize = 5;
 pub const TOTAL_CENTS: i64 = 1250 + 2 * 499 + 2999;
 
-/// One command of the lifecycle; returns the order's version after it.
-pub async fn command(
+/// One command of the lifecycle, sent to `base` (this system's command-api, or the peer, which
+/// takes the same bodies); the answer's body once its status is the one expected.
+pub async fn send_command(
     http: &reqwest::Client,
     base: &str,
     order_id: Uuid,
     step: usize,
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<serde_json::Value> {
     let (path, body, expected) = match step {
         0 => (
             "/v1/orders".to_string(),
@@ -69,7 +70,17 @@ pub async fn command(
             String::from_utf8_lossy(&bytes)
         );
     }
-    let body: serde_json::Value = serde_json::from_slice(&bytes)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// One command of the lifecycle; returns the order's version after it.
+pub async fn command(
+    http: &reqwest::Client,
+    base: &str,
+    order_id: Uuid,
+    step: usize,
+) -> anyhow::Result<i64> {
+    let body = send_command(http, base, order_id, step).await?;
     body["version"]
         .as_i64()
         .context("no version in the command's answer")
@@ -128,6 +139,30 @@ fn closed_lifecycle(
     })
 }
 
+/// Closed loop of the lifecycle as [`closed_commands`], for any service that takes the same
+/// bodies (this system or the peer): an answer counts once its status is the expected one.
+pub fn closed_commands_any(http: reqwest::Client, base: String, workers: usize) -> OpFn {
+    let current: Arc<Vec<Mutex<Uuid>>> =
+        Arc::new((0..workers).map(|_| Mutex::new(Uuid::nil())).collect());
+    crate::measure::op(move |seq, worker| {
+        let (http, base, current) = (http.clone(), base.clone(), current.clone());
+        async move {
+            let step = (seq % STEPS as u64) as usize;
+            let id = if step == 0 {
+                let id = Uuid::now_v7();
+                if let Ok(mut c) = current[worker].lock() {
+                    *c = id;
+                }
+                id
+            } else {
+                current[worker].lock().map(|c| *c).unwrap_or_default()
+            };
+            send_command(&http, &base, id, step).await?;
+            Ok(())
+        }
+    })
+}
+
 /// Orders whose previous command has been answered, waiting for their next one.
 #[derive(Clone, Default)]
 pub struct Ready(Arc<Mutex<VecDeque<(Uuid, usize)>>>);
@@ -156,7 +191,10 @@ pub struct Freshness {
     /// query-api's base URL.
     pub query: String,
     pub api: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    /// Read-backs that answered non-2xx or not at all (their time is in `api` too).
     pub failures: Arc<std::sync::atomic::AtomicU64>,
+    /// Read-backs sent and not yet answered: the run waits for all of them.
+    pub in_flight: Arc<std::sync::atomic::AtomicU64>,
     pub session: Arc<scylla::client::session::Session>,
     /// `SELECT version FROM order_detail_g<g> WHERE tenant_id = ? AND order_id = ?`
     pub select: scylla::statement::prepared::PreparedStatement,
@@ -196,21 +234,28 @@ pub fn open_commands(http: reqwest::Client, base: String, freshness: Option<Fres
             if let Some(f) = freshness {
                 // Off the command's latency: the read-back is its own task.
                 let table = f.clone();
+                f.in_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 tokio::spawn(async move {
                     let url = format!(
                         "{}/v1/orders/{id}?min_version={version}&wait_ms=5000",
                         f.query
                     );
-                    match http.get(url).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            record(&f.api, accepted.elapsed());
+                    let ok = match http.get(url).send().await {
+                        Ok(r) => {
+                            let success = r.status().is_success();
+                            success && r.bytes().await.is_ok()
                         }
-                        _ => {
-                            f.failures
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
+                        Err(_) => false,
+                    };
+                    // A failed read-back is timed too: leaving it out would hide the slowest.
+                    record(&f.api, accepted.elapsed());
+                    if !ok {
+                        f.failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
+                    f.in_flight
+                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 });
                 // One command at a time is also watched at the table itself (CQL polled every
                 // 2 ms), to tell the projector's delay from query-api's.

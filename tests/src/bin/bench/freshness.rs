@@ -1,0 +1,227 @@
+//! Freshness: commands in open loop, each read back through query-api with `min_version`, at
+//! half the write path's peak and at half the peak the whole system sustains (measured here in
+//! closed loop with every command read back).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::measure::{self, closed_loop, open_loop};
+use crate::report::{cpu, ms, rate};
+use crate::stack::active_generation;
+use crate::write_path::WritePath;
+use crate::{section, workload, Bench};
+
+pub async fn run(b: &mut Bench, write: &WritePath) {
+    if let Err(e) = b.ensure_projector().await {
+        b.table
+            .not_measured("freshness", format!("projector: {e:#}"));
+        return;
+    }
+    let query = match b.ensure_query().await {
+        Ok(q) => q,
+        Err(e) => {
+            b.table
+                .not_measured("freshness", format!("query-api: {e:#}"));
+            return;
+        }
+    };
+    let ks = b.ks().to_string();
+    let g = active_generation(&b.session, &ks, "orders")
+        .await
+        .unwrap_or(1);
+    let select = match b
+        .session
+        .prepare(format!(
+            "SELECT version FROM {ks}.order_detail_g{g} WHERE tenant_id = ? AND order_id = ?"
+        ))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            b.table.not_measured("freshness", format!("{e:#}"));
+            return;
+        }
+    };
+    let (session, tenant) = (b.session.clone(), b.settings.tenant.clone());
+    let fresh = || workload::Freshness {
+        query: query.clone(),
+        api: Arc::new(Mutex::new(measure::histogram())),
+        failures: Arc::new(AtomicU64::new(0)),
+        in_flight: Arc::new(AtomicU64::new(0)),
+        session: session.clone(),
+        select: select.clone(),
+        tenant: tenant.clone(),
+        table: Arc::new(Mutex::new(measure::histogram())),
+        watching: Arc::new(AtomicBool::new(false)),
+    };
+    let (half, peak_c, peak_cmd) = (write.half, write.peak_c, write.peak_cmd);
+    section(&format!(
+        "freshness: command accepted → visible through query-api, at {half:.0} commands/s (half the write path's peak)"
+    ));
+    freshness(b, &format!("@ {half:.0} commands/s"), true, half, fresh()).await;
+
+    // The same at half the peak the whole system sustains: commands while the projector
+    // applies them and every one is read back, in closed loop. The write path's peak above
+    // runs with nothing else on the machine; on one 2-core box the read side takes its
+    // share of the same CPUs. Each client waits for its read-back (tens of ms), so four
+    // times the write path's peak concurrency keeps the machine saturated.
+    let c = (peak_c * 4).clamp(32, 256);
+    section(&format!(
+        "system peak: commands with every one read back through query-api, closed loop c={c}"
+    ));
+    let system = closed_loop(
+        "commands + read-back (closed loop)",
+        c,
+        b.plan.warmup,
+        b.plan.throughput,
+        &b.procs,
+        workload::closed_commands_read_back(b.http.clone(), b.cmd_base(), query.clone(), c),
+    )
+    .await;
+    b.table
+        .row(
+            format!(
+                "commands/s, peak with the read side running (c={c}, each command read back with `min_version`; errors {})",
+                system.errors
+            ),
+            rate(system.rate()),
+        )
+        .baseline(format!("write path alone {}", rate(peak_cmd)))
+        .ratio(system.rate(), peak_cmd);
+    let half_system = (system.rate() / 2.0).max(1.0);
+    section(&format!(
+        "freshness at half the system's peak ({half_system:.0} commands/s)"
+    ));
+    freshness(
+        b,
+        &format!("@ {half_system:.0} commands/s (half the system's peak)"),
+        false,
+        half_system,
+        fresh(),
+    )
+    .await;
+}
+
+/// One freshness run: commands in open loop at `rate`, each read back through query-api with
+/// `min_version`, one at a time also watched at the table; rows go to the table (`headline`: the
+/// row judged against the target, with the CPU and read-count rows beside it).
+async fn freshness(
+    b: &mut Bench,
+    at: &str,
+    headline: bool,
+    rate_per_s: f64,
+    fresh: workload::Freshness,
+) {
+    let (http, cmd_base) = (b.http.clone(), b.cmd_base());
+    let reads_before = order_detail_reads(&http, &fresh.query).await;
+    let load = open_loop(
+        "commands + read-back (min_version)",
+        rate_per_s,
+        b.plan.latency,
+        &b.procs,
+        workload::open_commands(http.clone(), cmd_base.clone(), Some(fresh.clone())),
+    )
+    .await;
+    // Every read-back lands: each waits at most 5 s in query-api (`wait_ms`) and 15 s in the
+    // client, so none is left out of the histogram for being slow.
+    let waited = Instant::now();
+    while fresh.in_flight.load(Ordering::Acquire) > 0 && waited.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = fresh.in_flight.load(Ordering::Acquire);
+    if left > 0 {
+        eprintln!("  {left} read-backs still unanswered after 20 s: counted as failures");
+        fresh.failures.fetch_add(left, Ordering::Relaxed);
+    }
+    let snapshot = |h: &Arc<Mutex<hdrhistogram::Histogram<u64>>>| {
+        h.lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| measure::histogram())
+    };
+    let (h, t) = (snapshot(&fresh.api), snapshot(&fresh.table));
+    let q = |h: &hdrhistogram::Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+    let failures = fresh.failures.load(Ordering::Relaxed);
+    eprintln!(
+        "  freshness through query-api over {} commands: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, read-back failures {failures}",
+        h.len(), q(&h, 0.5), q(&h, 0.99), h.max() as f64 / 1000.0
+    );
+    eprintln!(
+        "  freshness at the table over {} commands: p50 {:.2} ms, p99 {:.2} ms",
+        t.len(),
+        q(&t, 0.5),
+        q(&t, 0.99)
+    );
+    let name = if headline {
+        "**freshness p50 / p99**"
+    } else {
+        "freshness p50 / p99"
+    };
+    b.table
+        .row(
+            format!(
+                "{name} {at}, through query-api `min_version` (n={}, failures {failures}: non-2xx or no answer, timed and counted; command errors {})",
+                h.len(),
+                load.errors
+            ),
+            format!("{} / {}", ms(q(&h, 0.5)), ms(q(&h, 0.99))),
+        )
+        .target(
+            "p99 ≤ 50 ms, p50 ≤ 15 ms",
+            Some(q(&h, 0.99) <= 50.0 && q(&h, 0.5) <= 15.0 && !h.is_empty() && failures == 0),
+        );
+    b.table.row(
+        format!(
+            "freshness p50 / p99 {at} at the table (one command at a time, order_detail polled every 2 ms, n={})",
+            t.len()
+        ),
+        format!("{} / {}", ms(q(&t, 0.5)), ms(q(&t, 0.99))),
+    );
+    b.table.row(
+        format!("command latency p50 / p99 during the freshness run {at}"),
+        format!("{} / {}", ms(load.ms(0.5)), ms(load.ms(0.99))),
+    );
+    let reads_after = order_detail_reads(&http, &fresh.query).await;
+    if let (Some(before), Some(after)) = (reads_before, reads_after) {
+        if !h.is_empty() {
+            let per = (after - before) / h.len() as f64;
+            eprintln!("  query-api read order_detail {per:.2} times per read-back");
+            b.table.row(
+                format!(
+                    "CQL reads of the order per read-back {at} (query-api, `min_version` waits)"
+                ),
+                format!("{per:.2}"),
+            );
+        }
+    }
+    for (label, who) in [
+        ("query-api", "query-api"),
+        ("projector", "projector"),
+        ("Cassandra", "cassandra"),
+    ] {
+        b.table.row(
+            format!("CPU per command during the freshness run {at}: {label}"),
+            cpu(load.cpu_ms_per_op(&[who])),
+        );
+    }
+}
+
+/// query-api's `query_order_detail_reads_total` (its CQL reads of `order_detail`), from `/metrics`.
+async fn order_detail_reads(http: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    // Absent until the first read.
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("query_order_detail_reads_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
