@@ -735,7 +735,9 @@ impl Projector {
 
     /// The real binary (`bin_dir()/projector`) as a child process with the test's settings
     /// ([`settings_env`]: keyspace, topics, tenant, …) and extra `APP_…` variables; returns once
-    /// its `/healthz` answers.
+    /// its `/healthz` answers. It listens on a free port, or on `APP_PROJECTOR__ADDR` when
+    /// `extra_env` gives one (a projector restarted at the same address, e.g. one `/metrics`
+    /// source).
     pub async fn spawn_process(
         settings: &Settings,
         extra_env: &[(&str, &str)],
@@ -747,7 +749,12 @@ impl Projector {
                 binary.display()
             );
         }
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let addr: SocketAddr = match extra_env.iter().find(|(k, _)| *k == "APP_PROJECTOR__ADDR") {
+            Some((_, given)) => given
+                .parse()
+                .with_context(|| format!("APP_PROJECTOR__ADDR {given:?}"))?,
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
         let log = std::env::temp_dir().join(format!(
             "projector-{}-{}.log",
             settings.cql.keyspace,
@@ -755,15 +762,16 @@ impl Projector {
         ));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(binary);
-        // The test's settings (tenant, topics, keyspace, batch size, …), then its address.
+        // The test's settings (tenant, topics, keyspace, batch size, …), its extra variables,
+        // then its address.
         cmd.envs(settings_env(settings)?)
-            .env("APP_PROJECTOR__ADDR", addr.to_string())
             .env("APP_TELEMETRY__FORMAT", "json")
             .stdout(out.try_clone()?)
             .stderr(out);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
+        cmd.env("APP_PROJECTOR__ADDR", addr.to_string());
         let child = cmd.spawn().context("starting the projector binary")?;
         let projector = Self {
             addr: Some(addr),

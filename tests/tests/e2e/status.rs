@@ -9,71 +9,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use infra::Settings;
 use serde_json::Value;
-use tests::{client, eventually, settings_with_fresh_topic, CommandApi, Keyspace, QueryApi};
+use tests::{
+    client, eventually, settings_with_fresh_topic, CommandApi, Keyspace, Projector, QueryApi,
+};
 
 /// How long Chromium lets the page run (virtual time: it waits for `status.json` to arrive).
 const VIRTUAL_TIME_BUDGET_MS: u64 = 8_000;
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The projector binary as a child process on a fixed address, so that a restarted projector is
-/// the same `/metrics` source; killed (SIGKILL) when dropped.
-struct ProjectorProcess(Child);
-
-impl ProjectorProcess {
-    async fn start(settings: &Settings, addr: SocketAddr, log: &Path) -> Self {
-        let binary = tests::bin_dir().join("projector");
-        assert!(
-            binary.exists(),
-            "{} is missing: build it (cargo build -p projector, or infra/dev up)",
-            binary.display()
-        );
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(binary)
-            .envs(tests::settings_env(settings).unwrap())
-            .env("APP_PROJECTOR__ADDR", addr.to_string())
-            .env("APP_TELEMETRY__FORMAT", "json")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let http = client();
-        eventually(
-            Duration::from_secs(30),
-            "the projector serving /healthz",
-            || {
-                let http = http.clone();
-                async move {
-                    let r = http.get(format!("http://{addr}/healthz")).send().await?;
-                    Ok(r.status().is_success().then_some(()))
-                }
-            },
-        )
-        .await
-        .unwrap();
-        Self(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ProjectorProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -216,8 +163,12 @@ async fn the_status_page_plots_lag_and_command_rates_of_a_real_run() {
         "http://{}/metrics, http://{projector_addr}/metrics",
         commands.addr
     );
-    let log = std::env::temp_dir().join(format!("projector-status-{}.log", ks.name));
-    let mut projector = ProjectorProcess::start(&settings, projector_addr, &log).await;
+    // A fixed address: the projector started again after its kill is the same /metrics source.
+    let projector_addr_text = projector_addr.to_string();
+    let projector_env = [("APP_PROJECTOR__ADDR", projector_addr_text.as_str())];
+    let mut projector = Projector::spawn_process(&settings, &projector_env)
+        .await
+        .unwrap();
     let query = QueryApi::spawn(&settings).await.unwrap();
     query
         .wait_read_models(Duration::from_secs(60))
@@ -260,7 +211,9 @@ async fn the_status_page_plots_lag_and_command_rates_of_a_real_run() {
     .unwrap();
 
     // 3. Started again at the same address: it catches up, and a sample sees that too.
-    let mut projector = ProjectorProcess::start(&settings, projector_addr, &log).await;
+    let mut projector = Projector::spawn_process(&settings, &projector_env)
+        .await
+        .unwrap();
     ks.drain(&settings, Duration::from_secs(90)).await.unwrap();
     let last = eventually(
         Duration::from_secs(30),
@@ -371,6 +324,5 @@ async fn the_status_page_plots_lag_and_command_rates_of_a_real_run() {
     query.stop().await.unwrap();
     commands.stop().await.unwrap();
     projector.kill();
-    let _ = std::fs::remove_file(&log);
     ks.drop_keyspace().await.unwrap();
 }
