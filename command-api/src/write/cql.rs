@@ -1,16 +1,24 @@
 //! [`AggregateStore`] on ScyllaDB / Cassandra: the `aggregates` row of each aggregate (written only
 //! by LWT), `publish_intents` in 5-second buckets, and the sweepers' progress.
+//!
+//! Marking intents published is off the request path and needs no answer before the client's, so
+//! the marks of concurrent commands are gathered for a moment ([`MARK_LINGER`]) and written as one
+//! unlogged batch per intents partition (tenant, 5-second bucket): one CQL request and one
+//! mutation for many commands instead of one each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use events::{EventEnvelope, ORDER_AGGREGATE};
 use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::head::Head;
@@ -38,6 +46,87 @@ pub struct CqlStore {
     statements: Statements,
     /// The event topic: the sweepers of a topic sweep the tenants that wrote to it.
     topic: String,
+    /// Marks for the batching task ([`write_marks`]).
+    marks: mpsc::UnboundedSender<Mark>,
+}
+
+/// How long the first mark of a batch waits for others (off the request path).
+const MARK_LINGER: Duration = Duration::from_millis(2);
+/// The most marks gathered into one round of batches.
+const MARK_BATCH_MAX: usize = 256;
+
+/// One intent to mark published, and who waits for it to be written.
+struct Mark {
+    tenant: String,
+    bucket: DateTime<Utc>,
+    id: Uuid,
+    version: i64,
+    /// The batch's outcome: the database's error as text.
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Gather marks (the first, then whatever arrives within [`MARK_LINGER`], up to
+/// [`MARK_BATCH_MAX`]) and write them as one unlogged batch per intents partition; ends when the
+/// store is dropped.
+async fn write_marks(
+    session: Arc<Session>,
+    statement: PreparedStatement,
+    mut marks: mpsc::UnboundedReceiver<Mark>,
+) {
+    while let Some(first) = marks.recv().await {
+        let mut gathered = vec![first];
+        let until = tokio::time::Instant::now() + MARK_LINGER;
+        while gathered.len() < MARK_BATCH_MAX {
+            match tokio::time::timeout_at(until, marks.recv()).await {
+                Ok(Some(mark)) => gathered.push(mark),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut partitions: HashMap<(String, DateTime<Utc>), Vec<Mark>> = HashMap::new();
+        for mark in gathered {
+            partitions
+                .entry((mark.tenant.clone(), mark.bucket))
+                .or_default()
+                .push(mark);
+        }
+        let writes = partitions.into_values().map(|marks| {
+            let session = session.clone();
+            let statement = statement.clone();
+            async move {
+                let result = write_partition_marks(&session, &statement, &marks).await;
+                for mark in marks {
+                    let _ = mark.done.send(result.clone());
+                }
+            }
+        });
+        futures::future::join_all(writes).await;
+    }
+}
+
+/// The marks of one intents partition in one unlogged batch (a single mutation).
+async fn write_partition_marks(
+    session: &Session,
+    statement: &PreparedStatement,
+    marks: &[Mark],
+) -> Result<(), String> {
+    let mut batch = Batch::new(BatchType::Unlogged);
+    batch.set_is_idempotent(true);
+    let mut values = Vec::with_capacity(marks.len());
+    for mark in marks {
+        batch.append_statement(statement.clone());
+        values.push((
+            mark.tenant.as_str(),
+            mark.bucket,
+            ORDER_AGGREGATE,
+            mark.id,
+            mark.version,
+        ));
+    }
+    session
+        .batch(&batch, values)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CommandError {
@@ -126,10 +215,17 @@ impl CqlStore {
                 .await?,
             select_tenants: prepare("SELECT tenant_id FROM tenants WHERE topic = ?").await?,
         };
+        let (marks, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_marks(
+            session.clone(),
+            statements.mark_published.clone(),
+            queued,
+        ));
         Ok(Self {
             session,
             statements,
             topic: settings.kafka.topic.clone(),
+            marks,
         })
     }
 
@@ -324,14 +420,21 @@ impl AggregateStore for CqlStore {
         version: i64,
         at: DateTime<Utc>,
     ) -> Result<(), CommandError> {
-        self.session
-            .execute_unpaged(
-                &self.statements.mark_published,
-                (tenant, bucket_of(at), ORDER_AGGREGATE, id, version),
-            )
+        let (done, written) = oneshot::channel();
+        let mark = Mark {
+            tenant: tenant.to_string(),
+            bucket: bucket_of(at),
+            id,
+            version,
+            done,
+        };
+        self.marks
+            .send(mark)
+            .map_err(|_| internal("the intent marking task has ended"))?;
+        written
             .await
-            .map_err(unavailable)?;
-        Ok(())
+            .map_err(|_| internal("the intent marking task dropped a mark"))?
+            .map_err(unavailable)
     }
 
     async fn intents(

@@ -240,3 +240,76 @@ async fn a_process_killed_after_its_lwt_loses_nothing() {
     next.stop().await.unwrap();
     keyspace.drop_keyspace().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_intent_of_concurrent_commands_is_marked_published_by_the_batched_marks() {
+    let mut settings = settings_with_fresh_topic("marks").await.unwrap();
+    // A keyspace of its own, so its publish_intents hold this test's intents only; no sweeper in
+    // the way (it would publish and mark what the writers left).
+    let keyspace = Keyspace::fresh(&mut settings).await.unwrap();
+    settings.command_api.sweeper_interval_ms = 3_600_000;
+    let a = CommandApi::spawn(settings.clone()).await.unwrap();
+    let b = CommandApi::spawn(settings.clone()).await.unwrap();
+
+    // 30 orders placed at once across two instances, then an item added to each: 60 commands,
+    // 60 intents, many of them in the same intents partition within a few milliseconds.
+    let placed = futures::future::join_all((0..30).map(|i| {
+        let api = if i % 2 == 0 { &a } else { &b };
+        api.place_order()
+    }))
+    .await;
+    let orders: Vec<_> = placed.into_iter().map(|o| o.unwrap()).collect();
+    let added = futures::future::join_all(orders.iter().enumerate().map(|(i, order)| {
+        let api = if i % 2 == 0 { &b } else { &a };
+        let path = format!("/v1/orders/{order}/items");
+        async move {
+            api.post(
+                &path,
+                json!({"sku": "MARKED", "quantity": 1, "unit_price_cents": 5}),
+                &[],
+            )
+            .await
+        }
+    }))
+    .await;
+    for reply in added {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+
+    let intents = format!(
+        "SELECT aggregate_id, version, published FROM {}.publish_intents",
+        keyspace.name
+    );
+    let marked = eventually(
+        Duration::from_secs(20),
+        "every intent marked published",
+        || async {
+            use futures::TryStreamExt;
+            let rows: Vec<(uuid::Uuid, i64, Option<bool>)> = keyspace
+                .session
+                .query_iter(intents.as_str(), ())
+                .await?
+                .rows_stream::<(uuid::Uuid, i64, Option<bool>)>()?
+                .try_collect()
+                .await?;
+            let unmarked = rows.iter().filter(|(_, _, p)| *p != Some(true)).count();
+            Ok((rows.len() == 60 && unmarked == 0).then_some(rows))
+        },
+    )
+    .await
+    .unwrap();
+    let versions: BTreeSet<(uuid::Uuid, i64)> = marked.iter().map(|(id, v, _)| (*id, *v)).collect();
+    let expected: BTreeSet<(uuid::Uuid, i64)> = orders
+        .iter()
+        .flat_map(|order| [(*order, 1), (*order, 2)])
+        .collect();
+    assert_eq!(versions, expected, "one intent per command, each marked");
+    let records = read_topic(&settings, &settings.kafka.topic).await.unwrap();
+    for order in &orders {
+        assert_eq!(sequences_of(&records, *order).unwrap(), vec![1, 2]);
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    keyspace.drop_keyspace().await.unwrap();
+}
