@@ -194,6 +194,18 @@ struct Claims {
     rest: HashMap<String, serde_json::Value>,
 }
 
+/// A token verified against a key set, good until its `exp` (plus the leeway) and only while that
+/// key set is the current one: a JWKS read again (a key rotated out) makes every entry stale.
+struct Verified {
+    principal: Principal,
+    /// Unix seconds after which the token is refused (`exp` + leeway).
+    valid_until: i64,
+    keys: Arc<KeySet>,
+}
+
+/// The most verified tokens kept; when full, the cache starts over.
+const VERIFIED_CAPACITY: usize = 4096;
+
 type KeyedLimiter = RateLimiter<
     String,
     governor::state::keyed::DefaultKeyedStateStore<String>,
@@ -231,6 +243,10 @@ pub struct Authenticator {
     /// The tenant of every request when authentication is off.
     fallback_tenant: String,
     keys: RwLock<Arc<KeySet>>,
+    /// Tokens already verified, so a client's next request with the same token costs a lookup
+    /// rather than a signature check (an Ed25519 or ECDSA verification is tens of microseconds,
+    /// more than the rest of a cached read).
+    verified: Mutex<HashMap<String, Verified>>,
     last_read: Mutex<Instant>,
     http: reqwest::Client,
     limits: Vec<Limit>,
@@ -292,6 +308,7 @@ impl Authenticator {
             settings: settings.auth.clone(),
             fallback_tenant: settings.tenant.clone(),
             keys: RwLock::new(Arc::new(keys)),
+            verified: Mutex::new(HashMap::new()),
             last_read: Mutex::new(Instant::now()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -371,6 +388,53 @@ impl Authenticator {
 
     /// The caller a bearer token names, or why it is refused.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(principal) = self.already_verified(token) {
+            return Ok(principal);
+        }
+        let keys = self.current_keys();
+        let (principal, exp) = self.verify_signed(token).await?;
+        self.remember(token, &principal, exp, keys);
+        Ok(principal)
+    }
+
+    fn current_keys(&self) -> Option<Arc<KeySet>> {
+        self.keys.read().ok().map(|keys| keys.clone())
+    }
+
+    /// The principal of `token` if it was verified against the current keys and has not expired.
+    fn already_verified(&self, token: &str) -> Option<Principal> {
+        let keys = self.current_keys()?;
+        let now = chrono::Utc::now().timestamp();
+        let verified = self.verified.lock().ok()?;
+        let entry = verified.get(token)?;
+        (now < entry.valid_until && Arc::ptr_eq(&entry.keys, &keys))
+            .then(|| entry.principal.clone())
+    }
+
+    /// Keep a verified token, if the keys it was verified with are still the current ones.
+    fn remember(&self, token: &str, principal: &Principal, exp: i64, keys: Option<Arc<KeySet>>) {
+        let Some(keys) = keys else {
+            return;
+        };
+        let leeway = i64::try_from(self.settings.leeway_secs).unwrap_or(0);
+        let Ok(mut verified) = self.verified.lock() else {
+            return;
+        };
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(
+            token.to_string(),
+            Verified {
+                principal: principal.clone(),
+                valid_until: exp.saturating_add(leeway),
+                keys,
+            },
+        );
+    }
+
+    /// Check the token's signature and claims; returns the caller and the token's `exp`.
+    async fn verify_signed(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("the token's header does not parse: {e}")))?;
         let kid = header
@@ -405,6 +469,12 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| AuthError::Invalid(format!("the token is not valid: {e}")))?;
         let claims = data.claims;
+        // Required and checked by the validation above; a number in seconds.
+        let exp = claims
+            .rest
+            .get("exp")
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+            .ok_or_else(|| AuthError::Invalid("the token's `exp` is not a number".into()))?;
         let tenant = claims
             .rest
             .get(&self.settings.tenant_claim)
@@ -424,11 +494,14 @@ impl Authenticator {
             (None, Some(list)) => list,
             (None, None) => Vec::new(),
         };
-        Ok(Principal {
-            tenant: tenant.to_string(),
-            subject: claims.sub,
-            scopes,
-        })
+        Ok((
+            Principal {
+                tenant: tenant.to_string(),
+                subject: claims.sub,
+                scopes,
+            },
+            exp,
+        ))
     }
 
     /// The caller of a request from its `Authorization` header.
@@ -729,6 +802,26 @@ mod tests {
             auth.verify(&token).await,
             Err(AuthError::Invalid(_))
         ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A verified token is kept, and served from memory only until its `exp` (plus leeway).
+    #[tokio::test]
+    async fn a_remembered_token_still_expires() {
+        let dir = std::env::temp_dir().join(format!("auth-{}", uuid::Uuid::now_v7()));
+        let mut s = settings(&dir);
+        s.auth.leeway_secs = 0;
+        let auth = Authenticator::from_settings(&s).await.unwrap();
+        let token =
+            dev::mint_for(&s, "acme", "alice", &[ORDERS_READ], Duration::from_secs(1)).unwrap();
+        assert_eq!(auth.verify(&token).await.unwrap().subject, "alice");
+        assert_eq!(auth.verified.lock().unwrap().len(), 1, "remembered");
+        assert_eq!(auth.verify(&token).await.unwrap().subject, "alice");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(
+            auth.verify(&token).await.is_err(),
+            "an expired token is refused even though it was remembered"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
