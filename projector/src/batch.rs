@@ -7,12 +7,14 @@
 //! failing can be dead-lettered record by record.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use events::{EventEnvelope, OrderEvent};
 use uuid::Uuid;
 
-use crate::projections::{AggregateEvents, Event};
+use crate::projections::{AggregateEvents, ApplyError, Event, ProjectionWriter};
 
 /// One consumed record, owned.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +86,77 @@ pub struct Group {
     pub events: AggregateEvents,
     /// Indices (into the batch) of every record of this aggregate, duplicates included.
     pub records: Vec<usize>,
+}
+
+/// Apply every group through `writer`, retrying: unavailability for as long as it lasts,
+/// rejections up to `max_attempts`. Between rounds `pause(backoff)` waits and returns the next
+/// backoff, or an error that ends the apply (a consumer asked to stop). Returns the groups given
+/// up on, with the last error. Shared by the service's consumers and the shadow replay.
+pub async fn apply_groups<E, P, F>(
+    writer: &dyn ProjectionWriter,
+    groups: &[Group],
+    max_attempts: u32,
+    (projection, generation): (&str, i32),
+    first_backoff: Duration,
+    mut pause: P,
+) -> Result<BTreeMap<usize, String>, E>
+where
+    P: FnMut(Duration) -> F,
+    F: Future<Output = Result<Duration, E>>,
+{
+    let max_attempts = max_attempts.max(1);
+    let mut attempts = vec![0u32; groups.len()];
+    let mut given_up = BTreeMap::new();
+    let mut pending: Vec<usize> = (0..groups.len()).collect();
+    let mut backoff = first_backoff;
+    while !pending.is_empty() {
+        let batch: Vec<&AggregateEvents> = pending.iter().map(|&g| &groups[g].events).collect();
+        let results = writer.apply_batch(&batch).await;
+        let mut retry = Vec::new();
+        let mut unavailable = None;
+        for (&g, result) in pending.iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(ApplyError::Unavailable(error)) => {
+                    unavailable = Some(error);
+                    retry.push(g);
+                }
+                Err(ApplyError::Rejected(error)) => {
+                    attempts[g] += 1;
+                    tracing::warn!(
+                        projection,
+                        generation,
+                        aggregate_id = %groups[g].events.aggregate_id,
+                        attempt = attempts[g],
+                        max_attempts,
+                        %error,
+                        "apply rejected"
+                    );
+                    if attempts[g] >= max_attempts {
+                        given_up.insert(g, error);
+                    } else {
+                        retry.push(g);
+                    }
+                }
+            }
+        }
+        pending = retry;
+        if pending.is_empty() {
+            break;
+        }
+        if let Some(error) = unavailable {
+            tracing::warn!(
+                projection,
+                generation,
+                aggregates = pending.len(),
+                retry_in_ms = backoff.as_millis() as u64,
+                %error,
+                "CQL unavailable; retrying until it is back"
+            );
+        }
+        backoff = pause(backoff).await?;
+    }
+    Ok(given_up)
 }
 
 /// Group decoded events (with their record index) by aggregate, in order of first appearance;

@@ -39,9 +39,9 @@ use scylla::client::session::Session;
 use tokio::runtime::Handle;
 use tracing::Instrument;
 
-use crate::batch::{decode, group, next_offsets, Group, Record};
+use crate::batch::{apply_groups, decode, group, next_offsets, Group, Record};
 use crate::control::Gate;
-use crate::projections::{AggregateEvents, ApplyError, Projection, ProjectionWriter};
+use crate::projections::{Projection, ProjectionWriter};
 use crate::registry::OffsetStore;
 use crate::topic::DeadLetters;
 
@@ -419,63 +419,17 @@ impl Worker {
         Ok(())
     }
 
-    /// Apply every group, retrying: unavailability for as long as it lasts, rejections up to
-    /// `max_apply_attempts`. Returns the groups given up on, with the last error.
+    /// Apply every group ([`apply_groups`]); abandoned when asked to stop while retrying.
     async fn apply(&self, groups: &[Group]) -> Result<BTreeMap<usize, String>, Abandoned> {
-        let max_attempts = self.shared.settings.projector.max_apply_attempts.max(1);
-        let mut attempts = vec![0u32; groups.len()];
-        let mut given_up = BTreeMap::new();
-        let mut pending: Vec<usize> = (0..groups.len()).collect();
-        let mut backoff = BACKOFF_MIN;
-        while !pending.is_empty() {
-            let batch: Vec<&AggregateEvents> = pending.iter().map(|&g| &groups[g].events).collect();
-            let results = self.writer.apply_batch(&batch).await;
-            let mut retry = Vec::new();
-            let mut unavailable = None;
-            for (&g, result) in pending.iter().zip(results) {
-                match result {
-                    Ok(()) => {}
-                    Err(ApplyError::Unavailable(error)) => {
-                        unavailable = Some(error);
-                        retry.push(g);
-                    }
-                    Err(ApplyError::Rejected(error)) => {
-                        attempts[g] += 1;
-                        let aggregate = &groups[g].events;
-                        tracing::warn!(
-                            projection = self.projection,
-                            generation = self.generation,
-                            aggregate_id = %aggregate.aggregate_id,
-                            attempt = attempts[g],
-                            max_attempts,
-                            %error,
-                            "apply rejected"
-                        );
-                        if attempts[g] >= max_attempts {
-                            given_up.insert(g, error);
-                        } else {
-                            retry.push(g);
-                        }
-                    }
-                }
-            }
-            pending = retry;
-            if pending.is_empty() {
-                break;
-            }
-            if let Some(error) = unavailable {
-                tracing::warn!(
-                    projection = self.projection,
-                    generation = self.generation,
-                    aggregates = pending.len(),
-                    retry_in_ms = backoff.as_millis() as u64,
-                    %error,
-                    "CQL unavailable; retrying until it is back"
-                );
-            }
-            backoff = self.pause(backoff).await?;
-        }
-        Ok(given_up)
+        apply_groups(
+            self.writer.as_ref(),
+            groups,
+            self.shared.settings.projector.max_apply_attempts,
+            (self.projection, self.generation),
+            BACKOFF_MIN,
+            |backoff| self.pause(backoff),
+        )
+        .await
     }
 
     async fn dead_letter(&self, record: &Record, error: &str) -> Result<(), Abandoned> {

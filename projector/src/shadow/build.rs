@@ -18,8 +18,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use scylla::client::session::Session;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{decode, group, next_offsets, Group, Record};
-use crate::projections::{AggregateEvents, ApplyError, Projection, ProjectionWriter};
+use crate::batch::{apply_groups, decode, group, next_offsets, Group, Record};
+use crate::projections::{Projection, ProjectionWriter};
 use crate::registry::OffsetStore;
 
 /// How long the first poll of a batch waits.
@@ -290,52 +290,24 @@ impl Builder {
         Ok(())
     }
 
-    /// Apply every group as a service consumer does: unavailability retried for as long as it
-    /// lasts, rejections up to `max_apply_attempts`. Returns the groups given up on.
+    /// Apply every group as a service consumer does ([`apply_groups`]). Returns the groups
+    /// given up on.
     async fn apply(&self, groups: &[Group]) -> BTreeMap<usize, String> {
-        let mut attempts = vec![0u32; groups.len()];
-        let mut given_up = BTreeMap::new();
-        let mut pending: Vec<usize> = (0..groups.len()).collect();
-        let mut backoff = BACKOFF_MIN;
-        while !pending.is_empty() {
-            let batch: Vec<&AggregateEvents> = pending.iter().map(|&g| &groups[g].events).collect();
-            let results = self.writer.apply_batch(&batch).await;
-            let mut retry = Vec::new();
-            let mut unavailable = None;
-            for (&g, result) in pending.iter().zip(results) {
-                match result {
-                    Ok(()) => {}
-                    Err(ApplyError::Unavailable(error)) => {
-                        unavailable = Some(error);
-                        retry.push(g);
-                    }
-                    Err(ApplyError::Rejected(error)) => {
-                        attempts[g] += 1;
-                        if attempts[g] >= self.max_attempts {
-                            given_up.insert(g, error);
-                        } else {
-                            retry.push(g);
-                        }
-                    }
-                }
-            }
-            pending = retry;
-            if pending.is_empty() {
-                break;
-            }
-            if let Some(error) = unavailable {
-                tracing::warn!(
-                    projection = self.projection,
-                    generation = self.generation,
-                    aggregates = pending.len(),
-                    retry_in_ms = backoff.as_millis() as u64,
-                    %error,
-                    "CQL unavailable; retrying until it is back"
-                );
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+        let applied = apply_groups(
+            self.writer.as_ref(),
+            groups,
+            self.max_attempts,
+            (self.projection, self.generation),
+            BACKOFF_MIN,
+            |backoff| async move {
+                tokio::time::sleep(backoff).await;
+                Ok::<_, std::convert::Infallible>((backoff * 2).min(BACKOFF_MAX))
+            },
+        )
+        .await;
+        match applied {
+            Ok(given_up) => given_up,
+            Err(never) => match never {},
         }
-        given_up
     }
 }
