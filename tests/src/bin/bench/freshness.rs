@@ -59,7 +59,9 @@ pub async fn run(b: &mut Bench, write: &WritePath) {
     section(&format!(
         "freshness: command accepted → visible through query-api, at {half:.0} commands/s (half the write path's peak)"
     ));
-    freshness(b, &format!("@ {half:.0} commands/s"), true, half, fresh()).await;
+    // Above what the whole system sustains with the read side running (the write path's peak is
+    // measured alone), so the views fall behind and freshness is queueing: shown, not judged.
+    freshness(b, &format!("@ {half:.0} commands/s"), false, half, fresh()).await;
 
     // The same at half the peak the whole system sustains: commands while the projector
     // applies them and every one is read back, in closed loop. The write path's peak above
@@ -96,7 +98,7 @@ pub async fn run(b: &mut Bench, write: &WritePath) {
     freshness(
         b,
         &format!("@ {half_system:.0} commands/s (half the system's peak)"),
-        false,
+        true,
         half_system,
         fresh(),
     )
@@ -115,6 +117,7 @@ async fn freshness(
 ) {
     let (http, cmd_base) = (b.http.clone(), b.cmd_base());
     let reads_before = order_detail_reads(&http, &fresh.query).await;
+    let served_before = served_within(&http, &fresh.query).await;
     let load = open_loop(
         "commands + read-back (min_version)",
         rate_per_s,
@@ -158,19 +161,20 @@ async fn freshness(
     } else {
         "freshness p50 / p99"
     };
-    b.table
-        .row(
-            format!(
-                "{name} {at}, through query-api `min_version` (n={}, failures {failures}: non-2xx or no answer, timed and counted; command errors {})",
-                h.len(),
-                load.errors
-            ),
-            format!("{} / {}", ms(q(&h, 0.5)), ms(q(&h, 0.99))),
-        )
-        .target(
+    let row = b.table.row(
+        format!(
+            "{name} {at}, through query-api `min_version` (n={}, failures {failures}: non-2xx or no answer, timed and counted; command errors {})",
+            h.len(),
+            load.errors
+        ),
+        format!("{} / {}", ms(q(&h, 0.5)), ms(q(&h, 0.99))),
+    );
+    if headline {
+        row.target(
             "p99 ≤ 50 ms, p50 ≤ 15 ms",
             Some(q(&h, 0.99) <= 50.0 && q(&h, 0.5) <= 15.0 && !h.is_empty() && failures == 0),
         );
+    }
     b.table.row(
         format!(
             "freshness p50 / p99 {at} at the table (one command at a time, order_detail polled every 2 ms, n={})",
@@ -182,6 +186,58 @@ async fn freshness(
         format!("command latency p50 / p99 during the freshness run {at}"),
         format!("{} / {}", ms(load.ms(0.5)), ms(load.ms(0.99))),
     );
+    // Where the tail is spent: inside query-api (its own request timer, from its histogram) or
+    // outside it (the client, the network stack, the scheduler of a busy box).
+    if let (Some(before), Some(after)) = (served_before, served_within(&http, &fresh.query).await) {
+        let served: Vec<(f64, f64)> = after
+            .iter()
+            .map(|(le, n)| {
+                let was = before
+                    .iter()
+                    .find(|(b, _)| b == le)
+                    .map_or(0.0, |(_, n)| *n);
+                (*le, n - was)
+            })
+            .collect();
+        let total = served
+            .iter()
+            .find(|(le, _)| le.is_infinite())
+            .map_or(0.0, |(_, n)| *n);
+        let share = |bound: f64| {
+            served
+                .iter()
+                .find(|(le, _)| (*le - bound).abs() < 1e-9)
+                .map(|(_, n)| n / total.max(1.0))
+        };
+        let client = |bound_ms: f64| {
+            let within = h
+                .iter_recorded()
+                .filter(|v| v.value_iterated_to() as f64 / 1000.0 <= bound_ms)
+                .map(|v| v.count_at_value())
+                .sum::<u64>();
+            within as f64 / h.len().max(1) as f64
+        };
+        if let (Some(s20), Some(s50)) = (share(0.02), share(0.05)) {
+            let pct = |x: f64| format!("{:.1} %", x * 100.0);
+            eprintln!(
+                "  read-backs within 20 / 50 ms: query-api's own timer {} / {}, the client's {} / {}",
+                pct(s20),
+                pct(s50),
+                pct(client(20.0)),
+                pct(client(50.0))
+            );
+            b.table.row(
+                format!("read-backs answered within 20 ms / 50 ms {at}: as timed inside query-api (its request histogram, n={total:.0}) vs by the client"),
+                format!(
+                    "{} / {} inside, {} / {} at the client",
+                    pct(s20),
+                    pct(s50),
+                    pct(client(20.0)),
+                    pct(client(50.0))
+                ),
+            );
+        }
+    }
     let reads_after = order_detail_reads(&http, &fresh.query).await;
     if let (Some(before), Some(after)) = (reads_before, reads_after) {
         if !h.is_empty() {
@@ -224,4 +280,37 @@ async fn order_detail_reads(http: &reqwest::Client, base: &str) -> Option<f64> {
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .sum(),
     )
+}
+
+/// query-api's request-time histogram of `GET /v1/orders/{id}` answered 200, as cumulative
+/// `(le, count)` buckets (seconds; the last is `+Inf`), from `/metrics`.
+async fn served_within(http: &reqwest::Client, base: &str) -> Option<Vec<(f64, f64)>> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in text.lines().filter(|l| {
+        l.starts_with("http_request_duration_seconds_bucket{")
+            && l.contains("route=\"/v1/orders/{id}\"")
+            && l.contains("status=\"200\"")
+    }) {
+        let le = line.split("le=\"").nth(1)?.split('"').next()?;
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        let n: f64 = line.split_whitespace().last()?.parse().ok()?;
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some(bucket) => bucket.1 += n,
+            None => buckets.push((le, n)),
+        }
+    }
+    // Absent until the first answer: nothing counted yet.
+    Some(buckets)
 }

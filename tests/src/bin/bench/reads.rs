@@ -1,5 +1,6 @@
-//! Reads: raw CQL point reads against query-api with its cache off, and a bare axum handler
-//! against query-api with its cache on; closed loop, then open-loop latency.
+//! Reads: raw CQL point reads against query-api with its cache off (and against the same raw read
+//! behind bare axum, to tell HTTP's share), and a bare axum handler against query-api with its
+//! cache on; closed loop, then open-loop latency.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use crate::measure::{self, closed_loop, op, open_loop};
 use crate::raw::{Raw, RawOps};
 use crate::report::{cpu, ms, rate};
-use crate::services::Service;
+use crate::services::{Service, GENERATION_VAR};
 use crate::stack::active_generation;
 use crate::{finish, section, Bench};
 
@@ -79,6 +80,32 @@ pub async fn run(b: &mut Bench, raw: &Arc<Raw>, order_ids: Arc<Vec<Uuid>>) -> an
                     format!("{total:.2}"),
                 );
             }
+            // The same read behind bare axum: what HTTP costs on top of the raw read, so that
+            // query-api's own overhead per uncached read can be told from it.
+            let axum_cql_svc = Service::start(
+                "axum-cql",
+                &b.settings,
+                &[(GENERATION_VAR, generation.to_string())],
+                &b.log_dir,
+                &b.http,
+            )
+            .await?;
+            b.procs.add("axum-cql", axum_cql_svc.pid());
+            let axum_cql = closed_loop(
+                "bare axum + raw CQL read",
+                rc,
+                b.plan.warmup,
+                b.plan.throughput,
+                &b.procs,
+                http_read_op(
+                    b.http.clone(),
+                    format!("http://{}", axum_cql_svc.addr),
+                    order_ids.clone(),
+                    order_ids.len(),
+                ),
+            )
+            .await;
+            axum_cql_svc.stop(Duration::from_secs(5)).await;
             let axum_svc = Service::start("axum", &b.settings, &[], &b.log_dir, &b.http).await?;
             b.procs.add("axum", axum_svc.pid());
             let axum_op = http_read_op(
@@ -148,6 +175,26 @@ pub async fn run(b: &mut Bench, raw: &Arc<Raw>, order_ids: Arc<Vec<Uuid>>) -> an
             b.table
                 .row(
                     format!(
+                        "query reads/s, uncached, vs the raw read behind bare axum (c={rc}; errors {} / {})",
+                        uncached.errors, axum_cql.errors
+                    ),
+                    rate(uncached.rate()),
+                )
+                .baseline(format!(
+                    "bare axum + raw CQL read {}",
+                    rate(axum_cql.rate())
+                ))
+                .ratio(uncached.rate(), axum_cql.rate());
+            b.table
+                .row(
+                    "raw CQL read behind bare axum, vs the raw read alone (what HTTP costs)",
+                    rate(axum_cql.rate()),
+                )
+                .baseline(format!("raw CQL point read {}", rate(raw_read.rate())))
+                .ratio(axum_cql.rate(), raw_read.rate());
+            b.table
+                .row(
+                    format!(
                         "**query reads/s, cached** (c={rc}, {hot} hot orders; errors {})",
                         cached.errors
                     ),
@@ -188,6 +235,14 @@ pub async fn run(b: &mut Bench, raw: &Arc<Raw>, order_ids: Arc<Vec<Uuid>>) -> an
                 .row("CPU per uncached read: query-api", cpu(unc_cpu))
                 .baseline(format!("raw CQL read, client: {}", cpu(raw_cpu)))
                 .ratio(unc_cpu.unwrap_or(f64::NAN), raw_cpu.unwrap_or(0.0));
+            let ac_cpu = axum_cql.cpu_ms_per_op(&["axum-cql"]);
+            b.table
+                .row(
+                    "CPU per uncached read: query-api, vs bare axum + raw CQL read",
+                    cpu(unc_cpu),
+                )
+                .baseline(format!("bare axum + raw CQL read: {}", cpu(ac_cpu)))
+                .ratio(unc_cpu.unwrap_or(f64::NAN), ac_cpu.unwrap_or(0.0));
             let cas_unc = uncached.cpu_ms_per_op(&["cassandra"]);
             let cas_raw = raw_read.cpu_ms_per_op(&["cassandra"]);
             b.table

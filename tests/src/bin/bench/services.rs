@@ -1,7 +1,8 @@
 //! The services under test run as child processes of this very binary (`bench --serve <role>`),
 //! each exactly as its own `main.rs` runs it (settings from `APP_…`, telemetry, `run`), so that
 //! every service has its own CPU account and resident memory, and the load generator's own CPU
-//! does not count against them. The bare axum baseline is one more role.
+//! does not count against them. The bare axum baselines are two more roles: `axum` (a JSON
+//! handler, no store) and `axum-cql` (the raw CQL read of a view behind HTTP).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,11 +10,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axum::extract::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
 use infra::Settings;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Run one role until SIGTERM (this is the child side).
@@ -29,6 +34,7 @@ pub fn serve(role: &str) -> anyhow::Result<()> {
             "query-api" => query_api::run(settings, infra::http::shutdown_signal()).await,
             "projector" => projector::run(settings, infra::http::shutdown_signal()).await,
             "axum" => bare_axum(&settings.query_api.addr).await,
+            "axum-cql" => axum_cql(&settings).await,
             other => Err(anyhow::anyhow!("unknown role {other}")),
         };
         telemetry.shutdown();
@@ -93,6 +99,111 @@ async fn bare_axum(addr: &str) -> anyhow::Result<()> {
         .route("/v1/orders/{id}", get(order))
         .route("/readyz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(infra::http::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// The orders generation the `axum-cql` role reads (`BENCH_ORDERS_GENERATION`).
+pub const GENERATION_VAR: &str = "BENCH_ORDERS_GENERATION";
+
+struct CqlRead {
+    session: Arc<scylla::client::session::Session>,
+    select: scylla::statement::prepared::PreparedStatement,
+    tenant: String,
+}
+
+#[derive(Deserialize, Serialize)]
+struct StoredLine {
+    sku: String,
+    quantity: u32,
+    unit_price_cents: i64,
+}
+
+#[derive(Serialize)]
+struct ReadView {
+    order_id: Uuid,
+    customer_id: Uuid,
+    currency: String,
+    status: String,
+    items: Vec<StoredLine>,
+    total_cents: i64,
+    version: i64,
+    placed_at: String,
+    updated_at: String,
+}
+
+type DetailRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// The least an HTTP service serving the view must do per uncached read: the raw CQL point read
+/// (query-api's statement, one request), the items' JSON parsed and the view serialized. No auth,
+/// tenants, cache, metrics, tracing or problem bodies.
+async fn order_from_cql(
+    State(read): State<Arc<CqlRead>>,
+    Path(order_id): Path<Uuid>,
+) -> Result<Json<ReadView>, StatusCode> {
+    let rows = read
+        .session
+        .execute_unpaged(&read.select, (read.tenant.as_str(), order_id))
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
+        .into_rows_result()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let row = rows
+        .maybe_first_row::<DetailRow>()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let (customer_id, currency, status, items, total_cents, version, placed_at, updated_at) = row;
+    let items = serde_json::from_str(&items).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    Ok(Json(ReadView {
+        order_id,
+        customer_id,
+        currency,
+        status,
+        items,
+        total_cents,
+        version,
+        placed_at: at(placed_at),
+        updated_at: at(updated_at),
+    }))
+}
+
+/// Bare axum in front of the raw CQL read: the baseline that tells query-api's own overhead per
+/// uncached read from what HTTP itself costs.
+async fn axum_cql(settings: &Settings) -> anyhow::Result<()> {
+    let generation: i32 = std::env::var(GENERATION_VAR)
+        .context(GENERATION_VAR)?
+        .parse()
+        .context(GENERATION_VAR)?;
+    let session = infra::cql::connect(&settings.cql).await?;
+    let select = session
+        .prepare(format!(
+            "SELECT customer_id, currency, status, items, total_cents, version, placed_at, updated_at \
+             FROM {}.order_detail_g{generation} WHERE tenant_id = ? AND order_id = ?",
+            settings.cql.keyspace
+        ))
+        .await?;
+    let read = Arc::new(CqlRead {
+        session,
+        select,
+        tenant: settings.tenant.clone(),
+    });
+    let app = Router::new()
+        .route("/v1/orders/{id}", get(order_from_cql))
+        .route("/readyz", get(|| async { "ok" }))
+        .with_state(read);
+    let listener = tokio::net::TcpListener::bind(&settings.query_api.addr).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(infra::http::shutdown_signal())
         .await?;
