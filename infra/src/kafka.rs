@@ -37,7 +37,10 @@ pub fn producer(settings: &Kafka) -> anyhow::Result<FutureProducer> {
         )
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("max.in.flight.requests.per.connection", "5")
+        .set(
+            "max.in.flight.requests.per.connection",
+            settings.max_in_flight.clamp(1, 5).to_string(),
+        )
         .set("linger.ms", settings.linger_ms.to_string())
         .set(
             "message.timeout.ms",

@@ -93,7 +93,14 @@ pub struct Kafka {
     pub retention_ms: i64,
     /// How long a produce may wait for acknowledgement before it fails (bounds 503 latency).
     pub message_timeout_ms: u64,
+    /// How long the producer holds a record back to batch it with others. 0 (the default): a lone
+    /// command's record goes out at once; under load records still batch behind the request in
+    /// flight (`max_in_flight`).
     pub linger_ms: u64,
+    /// Produce requests in flight per broker connection (1 to 5; idempotence keeps the order
+    /// either way). While they are all in flight, new records wait and go out together in the next
+    /// request: batching that costs a lone record nothing, unlike a linger. Default 1.
+    pub max_in_flight: u32,
     /// How often consumers (and the producer) refresh the topic's metadata: partitions added to
     /// the topic are consumed (and can be produced to) at most this long after they appear.
     pub metadata_refresh_ms: u64,
@@ -277,7 +284,8 @@ impl Default for Kafka {
             min_insync_replicas: 1,
             retention_ms: -1,
             message_timeout_ms: 5_000,
-            linger_ms: 1,
+            linger_ms: 0,
+            max_in_flight: 1,
             metadata_refresh_ms: 3_000,
             properties: BTreeMap::new(),
         }
