@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::measure::{self, closed_loop, open_loop};
 use crate::report::{cpu, ms, rate};
-use crate::stack::{active_generation, end_offsets_total};
+use crate::stack::{active_generation, applied, end_offsets_total, prepare_applied};
 use crate::write_path::WritePath;
 use crate::{section, workload, Bench};
 
@@ -109,21 +109,13 @@ pub async fn run(b: &mut Bench, write: &WritePath) {
     .await;
 }
 
-/// One freshness run: commands in open loop at `rate`, each read back through query-api with
-/// `min_version`, one at a time also watched at the table; rows go to the table (`headline`: the
-/// row judged against the target, with the CPU and read-count rows beside it).
 /// Wait until both projections have applied everything on the topic. With no projector phase
 /// before this one (`--phases write,freshness`) the projector starts on the write phase's events,
 /// and an open loop measured while it drains that backlog would time the backlog, not freshness.
 async fn drain_backlog(b: &Bench) -> anyhow::Result<()> {
     let (ks, topic) = (b.ks(), b.settings.kafka.topic.as_str());
     let target = end_offsets_total(&b.settings.kafka, topic).await?;
-    let select = b
-        .session
-        .prepare(format!(
-            "SELECT next_offset FROM {ks}.projection_offsets WHERE projection = ? AND generation = ? AND topic = ?"
-        ))
-        .await?;
+    let select = prepare_applied(&b.session, ks).await?;
     let mut generations = Vec::new();
     for name in ["orders", "order_history"] {
         generations.push((
@@ -136,17 +128,7 @@ async fn drain_backlog(b: &Bench) -> anyhow::Result<()> {
     loop {
         let mut least = i64::MAX;
         for (name, g) in &generations {
-            let rows = b
-                .session
-                .execute_unpaged(&select, (*name, *g, topic))
-                .await?
-                .into_rows_result()?;
-            let done: i64 = rows
-                .rows::<(Option<i64>,)>()?
-                .filter_map(Result::ok)
-                .filter_map(|(n,)| n)
-                .sum();
-            least = least.min(done);
+            least = least.min(applied(&b.session, &select, name, *g, topic).await?);
         }
         if least >= target {
             if started.elapsed() > Duration::from_secs(1) {
@@ -172,6 +154,9 @@ async fn drain_backlog(b: &Bench) -> anyhow::Result<()> {
     }
 }
 
+/// One freshness run: commands in open loop at `rate`, each read back through query-api with
+/// `min_version`, one at a time also watched at the table; rows go to the table (`headline`: the
+/// row judged against the target, with the CPU and read-count rows beside it).
 async fn freshness(
     b: &mut Bench,
     at: &str,
@@ -180,8 +165,7 @@ async fn freshness(
     fresh: workload::Freshness,
 ) {
     let (http, cmd_base) = (b.http.clone(), b.cmd_base());
-    let reads_before = order_detail_reads(&http, &fresh.query).await;
-    let served_before = served_within(&http, &fresh.query).await;
+    let before = metrics(&http, &fresh.query).await;
     let load = open_loop(
         "commands + read-back (min_version)",
         rate_per_s,
@@ -250,9 +234,14 @@ async fn freshness(
         format!("command latency p50 / p99 during the freshness run {at}"),
         format!("{} / {}", ms(load.ms(0.5)), ms(load.ms(0.99))),
     );
+    let after = metrics(&http, &fresh.query).await;
+    let (before, after) = (before.as_deref(), after.as_deref());
     // Where the tail is spent: inside query-api (its own request timer, from its histogram) or
     // outside it (the client, the network stack, the scheduler of a busy box).
-    if let (Some(before), Some(after)) = (served_before, served_within(&http, &fresh.query).await) {
+    if let (Some(before), Some(after)) = (
+        before.and_then(served_within),
+        after.and_then(served_within),
+    ) {
         let served: Vec<(f64, f64)> = after
             .iter()
             .map(|(le, n)| {
@@ -302,8 +291,10 @@ async fn freshness(
             );
         }
     }
-    let reads_after = order_detail_reads(&http, &fresh.query).await;
-    if let (Some(before), Some(after)) = (reads_before, reads_after) {
+    if let (Some(before), Some(after)) = (
+        before.map(order_detail_reads),
+        after.map(order_detail_reads),
+    ) {
         if !h.is_empty() {
             let per = (after - before) / h.len() as f64;
             eprintln!("  query-api read order_detail {per:.2} times per read-back");
@@ -327,38 +318,32 @@ async fn freshness(
     }
 }
 
-/// query-api's `query_order_detail_reads_total` (its CQL reads of `order_detail`), from `/metrics`.
-async fn order_detail_reads(http: &reqwest::Client, base: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
+/// query-api's `/metrics` text; `None` when it cannot be read.
+async fn metrics(http: &reqwest::Client, base: &str) -> Option<String> {
+    http.get(format!("{base}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
-    // Absent until the first read.
-    Some(
-        text.lines()
-            .filter(|l| l.starts_with("query_order_detail_reads_total"))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .sum(),
-    )
+        .ok()
+}
+
+/// query-api's `query_order_detail_reads_total` (its CQL reads of `order_detail`); absent (0)
+/// until the first read.
+fn order_detail_reads(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("query_order_detail_reads_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// query-api's request-time histogram of `GET /v1/orders/{id}` answered 200, as cumulative
-/// `(le, count)` buckets (seconds; the last is `+Inf`), from `/metrics`.
-async fn served_within(http: &reqwest::Client, base: &str) -> Option<Vec<(f64, f64)>> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+/// `(le, count)` buckets (seconds; the last is `+Inf`); `None` when a bucket line is malformed.
+fn served_within(metrics: &str) -> Option<Vec<(f64, f64)>> {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for line in text.lines().filter(|l| {
+    for line in metrics.lines().filter(|l| {
         l.starts_with("http_request_duration_seconds_bucket{")
             && l.contains("route=\"/v1/orders/{id}\"")
             && l.contains("status=\"200\"")

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
 use crate::measure::{self, Procs};
@@ -122,6 +123,34 @@ pub struct Followed {
     pub stalled_secs: f64,
 }
 
+/// The statement [`applied`] runs.
+pub async fn prepare_applied(session: &Session, ks: &str) -> anyhow::Result<PreparedStatement> {
+    Ok(session
+        .prepare(format!(
+            "SELECT next_offset FROM {ks}.projection_offsets WHERE projection = ? AND generation = ? AND topic = ?"
+        ))
+        .await?)
+}
+
+/// Records of `topic` a projection generation has applied: its stored next offsets, summed over
+/// the partitions (the bench's topics start at offset 0).
+pub async fn applied(
+    session: &Session,
+    select: &PreparedStatement,
+    projection: &str,
+    generation: i32,
+    topic: &str,
+) -> anyhow::Result<i64> {
+    Ok(session
+        .execute_unpaged(select, (projection, generation, topic))
+        .await?
+        .into_rows_result()?
+        .rows::<(Option<i64>,)>()?
+        .filter_map(Result::ok)
+        .filter_map(|(n,)| n)
+        .sum())
+}
+
 /// Watch a projection generation's stored offsets until they cover `target` records; the rate is
 /// taken from the first progress seen (after group join and the first batch) to the end.
 #[allow(clippy::too_many_arguments)]
@@ -135,11 +164,7 @@ pub async fn follow(
     procs: &Procs,
     timeout: Duration,
 ) -> anyhow::Result<Followed> {
-    let select = session
-        .prepare(format!(
-            "SELECT next_offset FROM {ks}.projection_offsets WHERE projection = ? AND generation = ? AND topic = ?"
-        ))
-        .await?;
+    let select = prepare_applied(session, ks).await?;
     let pb = indicatif::ProgressBar::new(target as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
@@ -153,15 +178,7 @@ pub async fn follow(
     let mut last_move = (Instant::now(), 0i64);
     let mut stalled = 0.0f64;
     loop {
-        let rows = session
-            .execute_unpaged(&select, (projection, generation, topic))
-            .await?
-            .into_rows_result()?;
-        let done: i64 = rows
-            .rows::<(Option<i64>,)>()?
-            .filter_map(Result::ok)
-            .filter_map(|(n,)| n)
-            .sum();
+        let done = applied(session, &select, projection, generation, topic).await?;
         pb.set_position(done.max(0) as u64);
         if done > 0 && first.is_none() {
             first = Some((Instant::now(), done, procs.snapshot()));
